@@ -1,0 +1,1 @@
+"""Physics of a decoy-state BB84 link: closed-form expectations and the simulated twins."""
