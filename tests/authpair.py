@@ -1,0 +1,62 @@
+"""Test helpers: two ends of a link bootstrapped from one secret, and a handshake."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from qkdd.auth import (
+    AuthSession,
+    StreamMarks,
+    generate_secret,
+    load_auth_state,
+    write_secret_file,
+)
+from qkdd.store import StateStore
+
+LINK = "lab-1"
+
+
+def bootstrap(tmp_path: Path, units: int = 256) -> tuple[Path, Path]:
+    """Write a fresh secret into two state directories (like ``qkdd init-secret``)."""
+    alice_dir, bob_dir = tmp_path / "alice", tmp_path / "bob"
+    bundle = generate_secret(LINK, units)
+    write_secret_file(alice_dir, bundle, "alice")
+    write_secret_file(bob_dir, bundle, "bob")
+    bundle.wipe()
+    return alice_dir, bob_dir
+
+
+@dataclass
+class End:
+    store: StateStore
+    session: AuthSession
+
+    def close(self) -> None:
+        self.session.close()
+        self.store.close()
+
+
+def open_end(state_dir: Path, role: str, **session_args: object) -> End:
+    store = StateStore.open(state_dir)
+    load_auth_state(store, role=role, link=LINK)
+    return End(store, AuthSession(store, **session_args))  # type: ignore[arg-type]
+
+
+def handshake_message(marks: StreamMarks, extra: str = "") -> bytes:
+    return json.dumps({"hello": extra, "marks": marks.as_dict()}, sort_keys=True).encode()
+
+
+def handshake(a: AuthSession, b: AuthSession) -> None:
+    """Both handshakes, each verified by the other end, then both skip past the marks."""
+    offer_a = a.begin_handshake()
+    offer_b = b.begin_handshake()
+    msg_a = handshake_message(offer_a.marks, "a")
+    msg_b = handshake_message(offer_b.marks, "b")
+    tag_a = a.sign_handshake(msg_a)
+    tag_b = b.sign_handshake(msg_b)
+    b.verify_handshake(msg_a, offer_a.index, tag_a)
+    a.verify_handshake(msg_b, offer_b.index, tag_b)
+    a.complete_handshake(StreamMarks.from_mapping(json.loads(msg_b)["marks"]))
+    b.complete_handshake(StreamMarks.from_mapping(json.loads(msg_a)["marks"]))
