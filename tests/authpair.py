@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qkdd.auth import (
     AuthSession,
+    StaleIndexError,
     StreamMarks,
     generate_secret,
     load_auth_state,
@@ -48,15 +49,31 @@ def handshake_message(marks: StreamMarks, extra: str = "") -> bytes:
     return json.dumps({"hello": extra, "marks": marks.as_dict()}, sort_keys=True).encode()
 
 
-def handshake(a: AuthSession, b: AuthSession) -> None:
-    """Both handshakes, each verified by the other end, then both skip past the marks."""
-    offer_a = a.begin_handshake()
-    offer_b = b.begin_handshake()
-    msg_a = handshake_message(offer_a.marks, "a")
-    msg_b = handshake_message(offer_b.marks, "b")
-    tag_a = a.sign_handshake(msg_a)
-    tag_b = b.sign_handshake(msg_b)
-    b.verify_handshake(msg_a, offer_a.index, tag_a)
-    a.verify_handshake(msg_b, offer_b.index, tag_b)
-    a.complete_handshake(StreamMarks.from_mapping(json.loads(msg_b)["marks"]))
-    b.complete_handshake(StreamMarks.from_mapping(json.loads(msg_a)["marks"]))
+def handshake(a: AuthSession, b: AuthSession, attempts: int = 3) -> tuple[bytes, bytes]:
+    """The peer channel's handshake: both ends announce an index and their marks, each
+    verifies the other's; a stale refusal sends the refusing end's mark back (in clear)
+    and the refused end skips forward and tries again; then both skip past the marks."""
+    for _ in range(attempts):
+        offer_a = a.begin_handshake()
+        offer_b = b.begin_handshake()
+        msg_a = handshake_message(offer_a.marks, "a")
+        msg_b = handshake_message(offer_b.marks, "b")
+        tag_a = a.sign_handshake(msg_a)
+        tag_b = b.sign_handshake(msg_b)
+        stale = False
+        try:
+            b.verify_handshake(msg_a, offer_a.index, tag_a)
+        except StaleIndexError as refused:
+            a.skip_tx_to(refused.mark)
+            stale = True
+        try:
+            a.verify_handshake(msg_b, offer_b.index, tag_b)
+        except StaleIndexError as refused:
+            b.skip_tx_to(refused.mark)
+            stale = True
+        if stale:
+            continue
+        a.complete_handshake(StreamMarks.from_mapping(json.loads(msg_b)["marks"]))
+        b.complete_handshake(StreamMarks.from_mapping(json.loads(msg_a)["marks"]))
+        return msg_a, msg_b
+    raise AssertionError("handshake did not converge")

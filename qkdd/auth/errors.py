@@ -13,8 +13,16 @@ class AuthFailedError(AuthError):
 
 
 class StaleIndexError(AuthError):
-    """A handshake announced an index at or below the stored high-water mark (a replay
-    or a peer that must first skip forward); nothing was burnt."""
+    """A handshake announced an index below the stored high-water mark (a replay, or a
+    peer that must first skip forward) or too far beyond it; nothing was burnt.
+
+    ``mark`` is this end's high-water mark: the peer channel sends it back in clear so
+    the peer can :meth:`~qkdd.auth.session.AuthSession.skip_tx_to` it and retry.
+    """
+
+    def __init__(self, message: str, mark: int) -> None:
+        super().__init__(message)
+        self.mark = mark
 
 
 class StreamClosedError(AuthError):

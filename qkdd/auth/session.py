@@ -13,7 +13,10 @@ What the peer channel calls, in protocol order:
    fresh (r, s) at the announced index; the peer's handshake goes to
    :meth:`AuthSession.verify_handshake` (accepted only above the stored high-water
    mark); :meth:`AuthSession.complete_handshake` with the peer's marks makes both
-   ends skip past the larger mark and draws the session hash keys.
+   ends skip past the larger mark and draws the session hash keys. A handshake
+   refused as stale (:class:`~qkdd.auth.errors.StaleIndexError`, e.g. after the
+   receiver burnt units on a forgery) is answered with the receiver's mark in
+   clear; the sender calls :meth:`AuthSession.skip_tx_to` and starts over.
 2. Single messages (handshake follow-ups, vote, commit): :meth:`AuthSession.tag` /
    :meth:`AuthSession.verify`.
 3. Per block: :meth:`AuthSession.begin_block` → :class:`BlockAuth`: Bob's per-frame
@@ -50,6 +53,7 @@ from qkdd.auth.errors import (
     AuthError,
     AuthFailedError,
     ResyncExhaustedError,
+    StaleIndexError,
     StateLostError,
     StreamClosedError,
 )
@@ -181,6 +185,11 @@ class Transcript:
         self._mac.update(header)
         self.length = len(header)
         self.messages = 0
+
+    @property
+    def is_open(self) -> bool:
+        """False once finalised, verified or discarded."""
+        return self._mac is not None
 
     def add(self, message: bytes | bytearray | memoryview) -> None:
         if self._mac is None:
@@ -325,6 +334,22 @@ class AuthSession:
         self._pending.add_units(self.tx.direction, 2)
         return HandshakeOffer(self._hs_units[0], self.local_marks())
 
+    def skip_tx_to(self, peer_rx_mark: int) -> None:
+        """The peer refused this end's handshake as stale and said (in clear, so it is
+        only a hint) that its high-water mark is ``peer_rx_mark``: move the sending
+        stream forward to it, durably, then start a new handshake. Skipping forward
+        only wastes units, so a forged hint is bounded by ``max_skip``."""
+        if peer_rx_mark <= self.tx.mark:
+            return
+        if peer_rx_mark - self.tx.mark > self.max_skip:
+            raise StaleIndexError(
+                f"peer mark {peer_rx_mark} is more than {self.max_skip} units beyond "
+                f"{self.tx.mark} on {self.tx.direction}",
+                self.tx.mark,
+            )
+        self.tx.skip_to(peer_rx_mark)
+        self.tx.synced = False
+
     def local_marks(self) -> StreamMarks:
         marks = {self.tx.direction: self.tx.mark, self.rx.direction: self.rx.mark}
         return StreamMarks(marks[Direction.ALICE_TO_BOB], marks[Direction.BOB_TO_ALICE])
@@ -401,7 +426,9 @@ class AuthSession:
         tag = _compute(key, header, message)
         self.ledger.add_units(self.tx.direction, 1)
         self.ledger.add_tag(len(header) + len(message))
-        if self._block is not None:
+        # Individually tagged messages of a block also enter its transcript (binding
+        # their order) until the transcript is sealed; vote and commit come after.
+        if self._block is not None and self._block.tx_transcript.is_open:
             self._block.tx_transcript.add(message)
         return tag
 
@@ -419,7 +446,7 @@ class AuthSession:
         self.ledger.add_tag(len(header) + len(message))
         if not _check(key, header, message, tag):
             raise self._fail("message", index, block.block_id if block else None)
-        if block is not None:
+        if block is not None and block.rx_transcript.is_open:
             block.rx_transcript.add(message)
 
     # -- blocks -----------------------------------------------------------------------

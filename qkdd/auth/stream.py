@@ -86,12 +86,14 @@ class KeyStream:
         if index < self.mark:
             raise StaleIndexError(
                 f"handshake index {index} on {self.direction} is below the high-water "
-                f"mark {self.mark}"
+                f"mark {self.mark}",
+                self.mark,
             )
         if index - self.mark > max_skip:
             raise StaleIndexError(
                 f"handshake index {index} on {self.direction} is more than {max_skip} "
-                f"units beyond the high-water mark {self.mark}"
+                f"units beyond the high-water mark {self.mark}",
+                self.mark,
             )
         end = index + count
         if end > self.appended:
