@@ -14,9 +14,22 @@ from qkdd.auth import (
     load_auth_state,
     write_secret_file,
 )
-from qkdd.store import StateStore
+from qkdd.store import Direction, StateStore
 
 LINK = "lab-1"
+
+Uses = dict[tuple[str, Direction], list[tuple[int, int]]]
+"""Stream units read for use: (state dir, direction) → [(start, count)]."""
+
+
+def assert_no_unit_used_twice(uses: Uses) -> int:
+    """Every unit read at most once per end and direction; returns how many were read."""
+    total = 0
+    for (end, direction), ranges in uses.items():
+        units = [u for start, count in ranges for u in range(start, start + count)]
+        assert len(units) == len(set(units)), (end, direction, sorted(units))
+        total += len(units)
+    return total
 
 
 def bootstrap(tmp_path: Path, units: int = 256) -> tuple[Path, Path]:

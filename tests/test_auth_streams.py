@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from authpair import End, bootstrap, handshake, open_end
+from authpair import End, Uses, assert_no_unit_used_twice, bootstrap, handshake, open_end
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkdd.auth import AuthFailedError
 from qkdd.store import Direction, StreamStore
-
-Uses = dict[tuple[str, Direction], list[tuple[int, int]]]
 
 
 @pytest.fixture
@@ -32,15 +30,6 @@ def unit_uses(monkeypatch: pytest.MonkeyPatch) -> Iterator[Uses]:
 
     monkeypatch.setattr(StreamStore, "read_units", recording)
     yield uses
-
-
-def assert_no_unit_used_twice(uses: Uses) -> int:
-    total = 0
-    for (end, direction), ranges in uses.items():
-        units = [u for start, count in ranges for u in range(start, start + count)]
-        assert len(units) == len(set(units)), (end, direction, sorted(units))
-        total += len(units)
-    return total
 
 
 OPS = st.sampled_from(
