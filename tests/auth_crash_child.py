@@ -34,7 +34,7 @@ def main() -> int:
         return material
 
     def reserving(
-        self: StreamStore, direction: Direction, new_mark: int, *, erase_below: int
+        self: StreamStore, direction: Direction, new_mark: int, *, erase_below: int | None
     ) -> None:
         nonlocal reservations
         reserve(self, direction, new_mark, erase_below=erase_below)

@@ -151,17 +151,26 @@ def test_units_in_both_directions_are_independent_streams(tmp_path: Path, unit_u
     assert directions == {Direction.ALICE_TO_BOB, Direction.BOB_TO_ALICE}
 
 
-def test_burnt_units_are_erased_from_the_store(tmp_path: Path) -> None:
+def test_used_units_are_erased_from_the_store(tmp_path: Path) -> None:
     link = Link(tmp_path, reserve_ahead=2)
     for _ in range(10):
         link.run("ab")
+
+    def lowest_unit(end: End) -> int:
+        row = end.store.conn.execute(
+            "SELECT min(unit) FROM auth_units WHERE direction = 'alice_to_bob'"
+        ).fetchone()
+        return int(row[0])
+
+    # A block start erases everything used before it, at both ends.
     position = link.bob.session.rx.position
-    # The next reservation erases everything below the current position.
+    assert lowest_unit(link.bob) < position
+    link.run("block")
+    assert lowest_unit(link.bob) == position
+    assert lowest_unit(link.alice) == position
+    # So does closing the session.
     link.run("ab")
-    link.run("ab")
-    link.run("ab")
-    rows = link.bob.store.conn.execute(
-        "SELECT min(unit) FROM auth_units WHERE direction = 'alice_to_bob'"
-    ).fetchone()
-    assert rows[0] >= position
+    position = link.alice.session.tx.position
+    link.alice.session.close()
+    assert lowest_unit(link.alice) == position
     link.close()

@@ -458,6 +458,8 @@ class AuthSession:
             raise ValueError("block ids start at 1")
         if self._block is not None:
             self._block.discard()
+        for stream in (self.tx, self.rx):
+            stream.erase_used()
         ledger = EpsAuthLedger()
         ledger.absorb(self._pending)
         self._pending = EpsAuthLedger()
@@ -533,8 +535,11 @@ class AuthSession:
         return plan
 
     def close(self) -> None:
-        """Overwrite the hash keys held in memory."""
+        """Overwrite the hash keys held in memory and erase used units from the store."""
         self._drop_session_keys()
+        if not self._store.closed:
+            for stream in (self.tx, self.rx):
+                stream.erase_used()
         if self._hs_units is not None:
             _wipe(self._hs_units[1])
             self._hs_units = None

@@ -7,7 +7,9 @@ never from the message. Before any unit is used — a tag leaving, or a received
 tag being accepted — the durable high-water mark is raised past it with an
 fsync (``synchronous=FULL``); after a crash the stream resumes at that mark, so
 no unit is ever used twice. Reservations run ``reserve_ahead`` units ahead to
-amortise the fsync; a crash burns at most that many.
+amortise the fsync; a crash burns at most that many. Used units are erased from the
+store (secure delete and WAL checkpoint) once ``erase_every`` have accumulated, at
+each block start and on close.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ class KeyStream:
     """Units of one direction, taken in order; see the module docstring."""
 
     def __init__(
-        self, streams: StreamStore, direction: Direction, *, reserve_ahead: int = 32
+        self,
+        streams: StreamStore,
+        direction: Direction,
+        *,
+        reserve_ahead: int = 32,
+        erase_every: int = 128,
     ) -> None:
         if reserve_ahead < 0:
             raise ValueError("reserve_ahead must be >= 0")
         self._streams = streams
         self.direction = direction
         self.reserve_ahead = reserve_ahead
+        self.erase_every = erase_every
         row = streams.stream(direction)
         # Everything below the durable mark may have been used before a restart.
         self.position = row.mark
@@ -34,6 +42,7 @@ class KeyStream:
         self.appended = row.appended
         self.status = row.status
         self.failures = row.failures
+        self._erased_below = 0
         # Not synchronised with the peer until a handshake completes.
         self.synced = False
 
@@ -56,8 +65,17 @@ class KeyStream:
         if end <= self.mark:
             return
         target = min(self.appended, end + (self.reserve_ahead if ahead else 0))
-        self._streams.reserve(self.direction, target, erase_below=self.position)
+        erase = self.position - self._erased_below >= self.erase_every
+        self._streams.reserve(self.direction, target, erase_below=self.position if erase else None)
+        if erase:
+            self._erased_below = self.position
         self.mark = target
+
+    def erase_used(self) -> None:
+        """Erase every unit below the current position now."""
+        if self.position > self._erased_below:
+            self._streams.erase_below(self.direction, self.position)
+            self._erased_below = self.position
 
     def take(self, count: int) -> tuple[int, bytearray]:
         """The next ``count`` units (index, material); durable before returning."""
@@ -118,6 +136,7 @@ class KeyStream:
             self.refresh_appended()
             target = min(target, self.appended)
             self._streams.reserve(self.direction, target, erase_below=target)
+            self._erased_below = target
             self.mark = target
         self.position = max(self.position, self.mark)
         self.synced = True

@@ -120,9 +120,9 @@ class StreamStore:
             raise StoreError(f"no authentication stream {direction}: no secret installed")
         return StreamRow(direction, int(row[0]), int(row[1]), StreamStatus(row[2]), int(row[3]))
 
-    def reserve(self, direction: Direction, new_mark: int, *, erase_below: int) -> None:
+    def reserve(self, direction: Direction, new_mark: int, *, erase_below: int | None) -> None:
         """Durably raise the high-water mark to ``new_mark`` (fsync before return) and
-        erase the units below ``erase_below`` (already used)."""
+        erase the units below ``erase_below`` (already used), if given."""
         with self.store.transaction(durable=True) as tx:
             row = self.stream(direction)
             if new_mark > row.appended:
@@ -132,7 +132,13 @@ class StreamStore:
                     "UPDATE auth_streams SET mark = ? WHERE direction = ?",
                     (new_mark, str(direction)),
                 )
-            self._erase_below(direction, min(erase_below, max(new_mark, row.mark)))
+            if erase_below is not None:
+                self._erase_below(direction, min(erase_below, max(new_mark, row.mark)))
+
+    def erase_below(self, direction: Direction, unit: int) -> None:
+        """Erase used units below ``unit`` (securely; the WAL is checkpointed)."""
+        with self.store.transaction(durable=True):
+            self._erase_below(direction, min(unit, self.stream(direction).mark))
 
     def _erase_below(self, direction: Direction, unit: int) -> None:
         cur = self.store.conn.execute(
