@@ -83,3 +83,127 @@ def test_sigkill_between_reservation_and_use_never_reuses_a_unit(tmp_path: Path)
         assert unit not in seen[(end, direction)]
         seen[(end, direction)].add(unit)
     assert all(len(units) > 50 for units in seen.values())
+
+
+END_CHILD = Path(__file__).with_name("auth_end_child.py")
+
+
+class EndProcess:
+    """One end in its own process; ``call`` returns the reply and collects unit uses."""
+
+    def __init__(self, state_dir: Path, role: str, uses: list[tuple[str, str, int]]) -> None:
+        self.state_dir, self.role, self.uses = state_dir, role, uses
+        self.proc = subprocess.Popen(
+            [sys.executable, str(END_CHILD), str(state_dir), role],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def call(self, command: str) -> str | None:
+        """The reply line, or None if the process died (killed) before replying."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait(timeout=30)
+                return None
+            if line.startswith("U "):
+                self.uses.extend(_used(line))
+                continue
+            return line.strip()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.uses.extend(_used(self.proc.stdout.read()))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=30) == 0
+
+
+def _handshake(a: EndProcess, b: EndProcess) -> bool:
+    """The peer channel's handshake relayed between the two processes; False if an end
+    died during it."""
+    for _ in range(4):
+        offers = [a.call("HS_BEGIN"), b.call("HS_BEGIN")]
+        if None in offers:
+            return False
+        stale = False
+        for me, peer, offer in ((a, b, offers[0]), (b, a, offers[1])):
+            assert offer is not None and offer.startswith("HS "), offer
+            answer = peer.call("HS_PEER " + offer[3:])
+            if answer is None:
+                return False
+            if answer.startswith("HS_STALE"):
+                if me.call("HS_SKIP " + answer.split()[1]) is None:
+                    return False
+                stale = True
+            else:
+                assert answer == "HS_OK", answer
+        if stale:
+            continue
+        for me, offer in ((a, offers[1]), (b, offers[0])):
+            assert offer is not None
+            if me.call("HS_DONE " + offer.split()[2]) is None:
+                return False
+        return True
+    raise AssertionError("handshake did not converge")
+
+
+def test_either_end_killed_at_any_point_while_the_other_keeps_running(tmp_path: Path) -> None:
+    """Two processes, traffic both ways; one end at a time is SIGKILLed between
+    commands or right after a durable reservation, restarted, and the link
+    resynchronises; no unit is ever used twice by either end."""
+    bootstrap(tmp_path, units=8192)
+    rng = random.Random(2026)
+    uses: list[tuple[str, str, int]] = []
+    ends = {role: EndProcess(tmp_path / role, role, uses) for role in ("alice", "bob")}
+    kills = verified = 0
+    synced = False
+    for step in range(400):
+        if not synced:
+            synced = _handshake(ends["alice"], ends["bob"])
+            if not synced:
+                for role, end in ends.items():
+                    if end.proc.poll() is not None:
+                        end.kill()
+                        ends[role] = EndProcess(tmp_path / role, role, uses)
+                continue
+        if step % 25 == 24:
+            victim = rng.choice(["alice", "bob"])
+            if rng.random() < 0.5:
+                ends[victim].kill()
+            else:
+                assert ends[victim].call(f"ARM {rng.randint(1, 3)}") == "OK"
+            kills += 1
+        sender, receiver = rng.choice([("alice", "bob"), ("bob", "alice")])
+        message = rng.randbytes(rng.randint(1, 40)).hex()
+        tagged = ends[sender].call(f"TAG {message}")
+        answer = None if tagged is None else ends[receiver].call(f"VERIFY {message} {tagged[7:]}")
+        if answer == "VERIFIED":
+            verified += 1
+            continue
+        # An end died (or, right after a restart, a tag was lost): restart the dead
+        # and resynchronise.
+        for role, end in ends.items():
+            if end.proc.poll() is not None:
+                end.kill()
+                ends[role] = EndProcess(tmp_path / role, role, uses)
+        synced = False
+    for end in ends.values():
+        end.close()
+    assert kills >= 10 and verified > 200
+    seen: set[tuple[str, str, int]] = set()
+    for use in uses:
+        assert use not in seen, f"unit used twice: {use}"
+        seen.add(use)

@@ -50,7 +50,7 @@ OPS = st.sampled_from(
 
 class Link:
     def __init__(self, root: Path, reserve_ahead: int) -> None:
-        self.dirs = bootstrap(root, units=1024)
+        self.dirs = bootstrap(root, units=4096)
         self.reserve_ahead = reserve_ahead
         self.alice = self._open("alice")
         self.bob = self._open("bob")
@@ -174,3 +174,16 @@ def test_used_units_are_erased_from_the_store(tmp_path: Path) -> None:
     link.alice.session.close()
     assert lowest_unit(link.alice) == position
     link.close()
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(OPS, max_size=60), reserve_ahead=st.integers(0, 40))
+def test_no_unit_is_ever_used_twice_long_sequences(
+    unit_uses: Uses, ops: list[str], reserve_ahead: int
+) -> None:
+    test_no_unit_is_ever_used_twice.hypothesis.inner_test(unit_uses, ops, reserve_ahead)  # type: ignore[attr-defined]
