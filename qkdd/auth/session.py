@@ -588,7 +588,12 @@ class BlockAuth:
 
     def tag(self, message: bytes | bytearray | memoryview) -> bytes:
         """An individually tagged message of the block (Bob's per-frame detection
-        report); it also enters the transcript."""
+        report); it also enters the transcript until that is sealed.
+
+        One pad per tag is the dominant authentication cost at long distance; the
+        reports of several frames may be tagged as one message (Alice then reveals
+        nothing about any of those frames before it verifies), see
+        ``benchmarks/bench_auth.py``."""
         self._live()
         return self._session.tag(message)
 
