@@ -228,3 +228,37 @@ def test_two_ends_from_init_secret_exchange_thousands_of_messages_across_restart
         bob_store.close()
     assert len(tags_seen) == 4000
     assert assert_no_unit_used_twice(uses) >= 4 * 2000
+
+
+def test_secret_material_never_reaches_reprs_logs_or_errors(tmp_path: Path) -> None:
+    import io
+
+    from authpair import End, open_end
+
+    from qkdd.auth import AuthFailedError, generate_secret
+    from qkdd.logging import configure_logging
+
+    bundle = generate_secret(LINK, 16)
+    encoded = base64.b64encode(bundle.material).decode()
+    assert bundle.material.hex()[:32] not in repr(bundle)
+    assert encoded[:24] not in repr(bundle)
+    _, alice_dir, bob_dir = _init(tmp_path, "--units", "256")
+    material = base64.b64decode(json.loads((alice_dir / SECRET_FILE_NAME).read_text())["material"])
+    log = io.StringIO()
+    configure_logging("debug", json=True, stream=log)
+    try:
+        ends: list[End] = [open_end(alice_dir, "alice"), open_end(bob_dir, "bob")]
+        handshake(ends[0].session, ends[1].session)
+        with pytest.raises(AuthFailedError) as excinfo:
+            ends[1].session.verify(b"forged", b"\0" * 16)
+        texts = [log.getvalue(), str(excinfo.value), repr(ends[0].session), repr(ends[1].store)]
+        for end in ends:
+            end.close()
+    finally:
+        configure_logging("warning")
+    assert "authentication failed" in texts[0]
+    for text in texts:
+        for i in range(0, len(material) - 8, 8):
+            chunk = material[i : i + 8]
+            assert chunk.hex() not in text
+            assert base64.b64encode(chunk).decode()[:8] not in text
