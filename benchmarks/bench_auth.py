@@ -169,14 +169,14 @@ def main() -> int:
                         if estimate_block_cost(frames, report_batch=k).share_of(int(ell))
                         <= TARGET[n_k]
                     ),
-                    0,
+                    None,
                 )
                 if leakage == "one-way" and distance == 100 and not ok:
                     failures += 1
                 print(
                     f"{distance:>5} {n_k:>8.0e} {leakage:>9} {ell:>9.3g} {frames:>6} "
                     f"{cost.bits:>9} {share:>7.2%} {TARGET[n_k]:>6.0%} {'yes' if ok else 'NO':>3} "
-                    f"{batch:>5} {cost.eps_auth:>8.1e} {1e3 * elapsed:>8.1f}"
+                    f"{batch if batch else 'none':>5} {cost.eps_auth:>8.1e} {1e3 * elapsed:>8.1f}"
                 )
                 # Keep the streams topped up as the daemon would.
                 need = a.replenishment_need()
@@ -186,7 +186,9 @@ def main() -> int:
         print()
         print("share = auth key spent by the block / the block's final key ℓ;")
         print("batch = smallest number of Bob's frame reports per tag meeting the target")
-        print("(Alice then waits for the batch before revealing anything about those frames).")
+        print("(Alice then waits for the batch before revealing anything about those frames);")
+        print("none = even with one tag per block the fixed cost (r and transcript pad per")
+        print("direction, vote and commit tags: 768 bits) exceeds the target share of ℓ.")
         per_frame = {k: 128 / (R_PER_PULSE[(100, k)] * PULSES_PER_FRAME) for k in (10**5, 10**6)}
         print(
             "per-frame report tags alone cost 128 bits / (R·pulses per frame): "
