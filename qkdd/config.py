@@ -50,7 +50,10 @@ class NodeSection(BaseModel):
     id: str = Field(pattern=_NAME, description="node name, unique in the network")
     role: Role = Field(description="alice (transmitter) or bob (receiver)")
     link: str = Field(pattern=_NAME, description="link id, the same at both ends")
-    state_dir: Path = Field(description="directory of the state store (keys, counters, secrets)")
+    state_dir: Path = Field(
+        description="directory of the state store (keys, counters, secrets); "
+        "a relative path is taken relative to the config file"
+    )
     allow_simulated: bool = Field(
         default=False,
         description="allow simulated instruments (never in production: keys are not secure)",
@@ -168,4 +171,9 @@ def load_config(path: Path | str) -> NodeConfig:
         raise ConfigError(file, ["not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, [f"not valid TOML: {exc}"]) from None
+    node = data.get("node")
+    if isinstance(node, dict) and isinstance(node.get("state_dir"), str):
+        state_dir = Path(node["state_dir"])
+        if not state_dir.is_absolute():
+            node["state_dir"] = str((file.parent / state_dir).resolve())
     return parse_config(data, file)

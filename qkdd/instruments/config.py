@@ -26,6 +26,7 @@ class TransportKind(enum.StrEnum):
     SERIAL = "serial"
     TCP = "tcp"
     SDK = "sdk"
+    DEVICE = "device"
 
 
 _SERIAL_URL_SCHEMES = ("loop://", "socket://", "rfc2217://", "spy://", "hwgrep://", "alt://")
@@ -40,6 +41,7 @@ class TransportAddress:
     * ``tcp://HOST:PORT``: a raw TCP socket speaking line-terminated commands
     * ``serial:/dev/ttyUSB0`` or ``serial:loop://``: pyserial (a device or a pyserial URL)
     * ``sdk:`` or ``sdk:SERIALNUMBER``: a vendor SDK, optionally one unit by serial number
+    * ``device:/dev/qrandom0``: a character device the instrument's kernel driver exposes
     """
 
     kind: TransportKind
@@ -49,12 +51,6 @@ class TransportAddress:
     @classmethod
     def parse(cls, text: str) -> TransportAddress:
         text = text.strip()
-        if "::" in text:
-            try:
-                rname.parse_resource_name(text)
-            except rname.InvalidResourceName as exc:
-                raise ValueError(f"not a valid VISA resource name: {exc}") from None
-            return cls(TransportKind.VISA, text)
         if text.startswith("tcp://"):
             match = _HOST_PORT.match(text)
             if match is None:
@@ -71,16 +67,29 @@ class TransportAddress:
                     "URL (loop://, socket://HOST:PORT, rfc2217://HOST:PORT)"
                 )
             return cls(TransportKind.SERIAL, target)
+        if text.startswith("device:"):
+            target = text.removeprefix("device:")
+            if not target.startswith("/"):
+                raise ValueError("a device address is device:/ABSOLUTE/PATH")
+            return cls(TransportKind.DEVICE, target)
         if text.startswith("sdk:"):
             return cls(TransportKind.SDK, text.removeprefix("sdk:"))
+        if "::" in text:
+            try:
+                rname.parse_resource_name(text)
+            except rname.InvalidResourceName as exc:
+                raise ValueError(f"not a valid VISA resource name: {exc}") from None
+            return cls(TransportKind.VISA, text)
         raise ValueError(
             "an address is a VISA resource (USB0::...::INSTR, TCPIP0::HOST::INSTR, "
-            "ASRL/dev/ttyUSB0::INSTR), tcp://HOST:PORT, serial:/dev/DEVICE or sdk:[SERIAL]"
+            "ASRL/dev/ttyUSB0::INSTR), tcp://HOST:PORT, serial:/dev/DEVICE, device:/dev/NODE "
+            "or sdk:[SERIAL]"
         )
 
     def __str__(self) -> str:
         if self.kind is TransportKind.TCP:
-            return f"tcp://{self.target}:{self.port}"
+            host = f"[{self.target}]" if ":" in self.target else self.target
+            return f"tcp://{host}:{self.port}"
         if self.kind is TransportKind.VISA:
             return self.target
         return f"{self.kind.value}:{self.target}"
