@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qkdd.drivers.idq_id120 import IdqId120
-from qkdd.instruments.interfaces import DetectorMode, DeviceError, Unsupported
+from qkdd.instruments.interfaces import DetectorMode, DeviceError, InstrumentTimeout, Unsupported
 
 from .conftest import instrument_config
 
@@ -66,3 +66,10 @@ async def test_warm_detector_is_unhealthy() -> None:
         health = await spd.health()
         assert not health.healthy
         assert "above" in health.detail
+
+
+async def test_unanswered_query_times_out_and_resynchronises() -> None:
+    async with _detector() as spd:
+        with pytest.raises(InstrumentTimeout):
+            await spd.session.query("DEADTIME:TIME 400")  # a setting: no reply comes
+        assert await spd.dead_time_ns() == 400

@@ -89,3 +89,11 @@ async def test_unknown_serial_is_unavailable(fake_sdk: ModuleType) -> None:
     with pytest.raises(InstrumentUnavailable, match="No Time Tagger with serial"):
         await tagger.connect()
     await tagger.close()
+
+
+async def test_wedged_sdk_call_hits_the_guard_timeout(fake_sdk: ModuleType) -> None:
+    tagger = SwabianTimeTagger("tagger", _config("sdk:hang"))
+    tagger._worker.guard_timeout_s = 0.3  # the SDK call sleeps 1.5 s
+    with pytest.raises(InstrumentUnavailable, match=r"no answer within 0\.3 s"):
+        await tagger.connect()
+    await tagger.close()

@@ -7,6 +7,8 @@ fixed spacing, shifted by the channel's input delay.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 EVENTS_PER_BATCH = 5
@@ -18,6 +20,8 @@ class _Tagger:
     def __init__(self, serial: str) -> None:
         if serial == "missing":
             raise RuntimeError("No Time Tagger with serial 'missing' found")
+        if serial == "hang":  # a wedged USB stack: the call does not return in time
+            time.sleep(1.5)
         self.serial = serial or "1910000ABC"
         self.trigger: dict[int, float] = {}
         self.delay: dict[int, int] = {}
