@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 # Each module defines ``register(subparsers)``; a subcommand stores its
 # handler as ``func(args) -> int``. Listed, not discovered, so the command set
 # is explicit and import errors surface here.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("qkdd.cli.keyrate",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,7 +136,7 @@ def match_bases(detections: Detections, pattern: FramePattern) -> SiftIndices:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class BlockStatistics:
     """Per-class counts that the finite-key bound reads (Lim 2014's n_X,k, n_Z,k, m_Z,k).
 
@@ -168,6 +168,16 @@ class BlockStatistics:
         """Statistics of no pulses, the start of an accumulation."""
         zero = np.zeros(N_CLASSES, dtype=np.int64)
         return cls(0, zero, zero, zero, zero)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BlockStatistics):
+            return NotImplemented
+        return self.pulses == other.pulses and all(
+            np.array_equal(getattr(self, n), getattr(other, n))
+            for n in ("sent_per_class", "key_counts", "test_counts", "test_errors")
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __add__(self, other: BlockStatistics) -> BlockStatistics:
         return BlockStatistics(
