@@ -43,6 +43,11 @@ def _as_bits(name: str, values: npt.ArrayLike, upper: int = 1) -> BitArray:
     return arr
 
 
+def class_counts(classes: BitArray) -> IntArray:
+    """Occurrences of each intensity class (count_nonzero: bincount would copy to intp first)."""
+    return np.array([np.count_nonzero(classes == k) for k in range(N_CLASSES)], dtype=np.int64)
+
+
 @dataclass(frozen=True, slots=True)
 class Detections:
     """Bob's detections of one frame: slot index (strictly increasing), basis and bit.
@@ -93,7 +98,7 @@ class FramePattern:
 
     def sent_per_class(self) -> IntArray:
         """Pulses sent in each intensity class."""
-        return np.bincount(self.intensity, minlength=N_CLASSES).astype(np.int64)
+        return class_counts(self.intensity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +260,9 @@ def sift(detections: Detections, pattern: FramePattern) -> SiftedFrame:
     stats = BlockStatistics(
         pulses=pattern.n_slots,
         sent_per_class=pattern.sent_per_class(),
-        key_counts=np.bincount(idx.key_class, minlength=N_CLASSES),
-        test_counts=np.bincount(idx.test_class, minlength=N_CLASSES),
-        test_errors=np.bincount(idx.test_class[wrong], minlength=N_CLASSES),
+        key_counts=class_counts(idx.key_class),
+        test_counts=class_counts(idx.test_class),
+        test_errors=class_counts(idx.test_class[wrong]),
     )
     return SiftedFrame(
         key_alice=key_alice,
