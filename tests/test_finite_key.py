@@ -158,6 +158,17 @@ def _h(p: float) -> float:
     return -p * math.log2(p) - (1 - p) * math.log2(1 - p) if 0 < p < 1 else 0.0
 
 
+def test_negative_costs_are_rejected() -> None:
+    stats = expected_statistics(1e8, eta=0.01)
+    for kwargs in (
+        {"lambda_ec": -1, "verification_tag_bits": 0},
+        {"lambda_ec": 0, "verification_tag_bits": -1},
+        {"lambda_ec": 0, "verification_tag_bits": 0, "authentication_bits": -5},
+    ):
+        with pytest.raises(ValueError, match="non-negative"):
+            key_length(stats, SETTINGS, **kwargs)
+
+
 def test_key_length_falls_with_smaller_eps_and_more_leakage() -> None:
     stats = expected_statistics(1e10, eta=0.01)
     lengths = [

@@ -88,7 +88,8 @@ def test_small_blocks_optimise_to_large_decoy_probabilities() -> None:
 
 
 def test_gys_asymptotic_reach_and_shape() -> None:
-    # Ma, Qi, Zhao & Lo 2005 with the GYS parameters: key to about 140 km, optimal μ ≈ 0.48.
+    # Ma, Qi, Zhao & Lo 2005 / Lo, Ma & Chen 2005 with the GYS parameters: key to about 142 km
+    # with optimal μ ≈ 0.48 (figures recalled from those papers, not re-read; we get 141.6 km).
     rate = lambda d: optimal_rate(GYS, d, block_size=None, ec_efficiency=1.22).rate_per_pulse  # noqa: E731
     reach = max_distance(rate, 100.0, 180.0, tol_km=1.0)
     assert reach == pytest.approx(142.0, abs=4.0)

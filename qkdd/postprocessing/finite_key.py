@@ -271,6 +271,8 @@ def key_length(
     sec = security or SecurityParameters()
     if stats.key_counts.shape != (N_CLASSES,):
         raise ValueError("statistics must have one entry per intensity class")
+    if lambda_ec < 0 or verification_tag_bits < 0 or authentication_bits < 0:
+        raise ValueError("λ_EC, the tag length and the authentication cost must be non-negative")
     bound = finite_key_bound(
         stats.key_counts,
         stats.test_counts,
