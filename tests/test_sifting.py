@@ -74,6 +74,16 @@ def test_bad_detections_are_rejected(
         sift(Detections(slot=np.array(slot), basis=basis, bit=bit), pattern)
 
 
+def test_given_class_totals_are_used_and_checked() -> None:
+    pattern = FramePattern(
+        basis=[0, 1, 0], bit=[0, 0, 0], intensity=[0, 1, 1], class_totals=[1, 2, 0]
+    )
+    det = Detections(slot=np.array([0]), basis=[0], bit=[0])
+    assert sift(det, pattern).statistics.sent_per_class.tolist() == [1, 2, 0]
+    with pytest.raises(ValueError, match="class_totals"):
+        FramePattern(basis=[0, 1], bit=[0, 0], intensity=[0, 1], class_totals=[1, 0, 0])
+
+
 def test_bad_pattern_and_statistics_are_rejected() -> None:
     with pytest.raises(ValueError, match="intensity values"):
         FramePattern(basis=[0], bit=[0], intensity=[3])

@@ -45,7 +45,9 @@ def _as_bits(name: str, values: npt.ArrayLike, upper: int = 1) -> BitArray:
 
 def class_counts(classes: BitArray) -> IntArray:
     """Occurrences of each intensity class (count_nonzero: bincount would copy to intp first)."""
-    return np.array([np.count_nonzero(classes == k) for k in range(N_CLASSES)], dtype=np.int64)
+    c1 = np.count_nonzero(classes == 1)
+    c2 = np.count_nonzero(classes == 2)
+    return np.array([len(classes) - c1 - c2, c1, c2], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +80,17 @@ class Detections:
 
 @dataclass(frozen=True, slots=True)
 class FramePattern:
-    """Alice's per-slot choices for one frame: basis, bit and intensity class."""
+    """Alice's per-slot choices for one frame: basis, bit and intensity class.
+
+    ``class_totals`` (pulses sent per class) may be given by whoever drew the
+    pattern; otherwise sifting counts it, the only step whose cost grows with
+    the number of slots rather than detections.
+    """
 
     basis: BitArray
     bit: BitArray
     intensity: BitArray
+    class_totals: IntArray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "basis", _as_bits("basis", self.basis))
@@ -90,6 +98,11 @@ class FramePattern:
         object.__setattr__(self, "intensity", _as_bits("intensity", self.intensity, N_CLASSES - 1))
         if not len(self.basis) == len(self.bit) == len(self.intensity):
             raise ValueError("basis, bit and intensity must have the same length")
+        if self.class_totals is not None:
+            totals = np.asarray(self.class_totals, dtype=np.int64)
+            if totals.shape != (N_CLASSES,) or int(totals.sum()) != len(self.basis):
+                raise ValueError("class_totals must give one count per class, summing to the slots")
+            object.__setattr__(self, "class_totals", totals)
 
     @property
     def n_slots(self) -> int:
@@ -98,6 +111,8 @@ class FramePattern:
 
     def sent_per_class(self) -> IntArray:
         """Pulses sent in each intensity class."""
+        if self.class_totals is not None:
+            return self.class_totals
         return class_counts(self.intensity)
 
 
