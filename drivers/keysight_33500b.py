@@ -16,9 +16,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from qkdd.frames import FramePattern
 from qkdd.instruments.config import InstrumentConfig, TransportKind
 from qkdd.instruments.interfaces import (
-    FramePattern,
     InstrumentHealth,
     InstrumentUnavailable,
     PhaseRandomisation,

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkdd.drivers.keysight_33500b import WAVEFORM_NAME, Keysight33500B
+from qkdd.frames import FramePattern
 from qkdd.instruments.interfaces import (
     DeviceError,
-    FramePattern,
     InstrumentTimeout,
     InstrumentUnavailable,
 )

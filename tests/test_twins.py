@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qkdd.frames import FramePattern
 from qkdd.instruments.interfaces import (
     INTERFACES,
     TAG_DTYPE,
-    FramePattern,
     InstrumentClass,
     Laser,
     RandomSource,

@@ -23,6 +23,7 @@ EXIT_USAGE = 2
 COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.config",
     "qkdd.cli.devices",
+    "qkdd.cli.keyrate",
 )
 
 

@@ -18,6 +18,8 @@ from typing import ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
+from qkdd.frames import FramePattern
+
 
 class InstrumentClass(enum.StrEnum):
     """The classes of instrument a node can have."""
@@ -133,34 +135,6 @@ class Laser(Instrument):
 
     @abstractmethod
     async def wavelength_nm(self) -> float: ...
-
-
-# Per-slot encoding of a frame. Intensity classes index the configured
-# intensities (0 = signal μ1, 1 = decoy μ2, 2 = vacuum/weak μ3).
-class Basis(enum.IntEnum):
-    K = 0  # key basis
-    T = 1  # test basis
-
-
-@dataclass(frozen=True)
-class FramePattern:
-    """What Alice sends in each slot of a frame: basis, bit and intensity class."""
-
-    basis: npt.NDArray[np.uint8]
-    bit: npt.NDArray[np.uint8]
-    intensity: npt.NDArray[np.uint8]
-
-    def __post_init__(self) -> None:
-        n = self.basis.shape[0]
-        if self.bit.shape != (n,) or self.intensity.shape != (n,) or self.basis.ndim != 1:
-            raise ValueError("basis, bit and intensity must be 1-D arrays of one length")
-
-    def __len__(self) -> int:
-        return int(self.basis.shape[0])
-
-    def __repr__(self) -> str:
-        # Alice's choices are secret until sifting: never print them.
-        return f"<FramePattern slots={len(self)}>"
 
 
 class PhaseRandomisation(enum.StrEnum):

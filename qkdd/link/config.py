@@ -6,6 +6,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qkdd.postprocessing.finite_key import DecoySettings
+
 
 class IntensityConfig(BaseModel):
     """Decoy-state intensities μ1 (signal) > μ2 (decoy) > μ3 (vacuum/weak), with probabilities."""
@@ -21,12 +23,12 @@ class IntensityConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ordering(self) -> Self:
-        mu1, mu2, mu3 = self.mu
-        if not (mu3 >= 0 and mu2 > mu3 and mu1 > mu2 + mu3):
-            raise ValueError("intensities must satisfy μ1 > μ2 + μ3, μ2 > μ3 >= 0")
-        if any(p <= 0 for p in self.probabilities) or abs(sum(self.probabilities) - 1) > 1e-9:
-            raise ValueError("intensity probabilities must be positive and sum to 1")
+        self.decoy_settings()  # the estimator's own check, so the two can never disagree
         return self
+
+    def decoy_settings(self) -> DecoySettings:
+        """The intensities as the finite-key estimator takes them."""
+        return DecoySettings(mu=self.mu, probabilities=self.probabilities)
 
 
 class ProtocolConfig(BaseModel):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from qkdd.frames import FramePattern
 from qkdd.instruments.config import InstrumentConfig
 from qkdd.instruments.interfaces import (
     Attenuator,
-    FramePattern,
     InstrumentHealth,
     Laser,
     PhaseRandomisation,
