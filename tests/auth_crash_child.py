@@ -1,7 +1,7 @@
 """Child process for the crash tests: both ends of a link talk in both directions,
 printing every stream unit the moment it is read for use, until killed.
 
-usage: auth_crash_child.py ROOT KILL_AT_RESERVATION ITERATIONS
+usage: python -m tests.auth_crash_child ROOT KILL_AT_RESERVATION ITERATIONS
 KILL_AT_RESERVATION > 0 makes the process SIGKILL itself right after that many
 durable reservations (between reservation and use); 0 never.
 """
@@ -13,10 +13,9 @@ import signal
 import sys
 from pathlib import Path
 
-from authpair import handshake, open_end
-
 from qkdd.logging import configure_logging
 from qkdd.store import Direction, StreamStore
+from tests.authpair import handshake, open_end
 
 
 def main() -> int:

@@ -13,11 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
-from authpair import open_end
-
 from qkdd.auth import AuthFailedError, StaleIndexError, StreamMarks
 from qkdd.logging import configure_logging
 from qkdd.store import Direction, StreamStore
+from tests.authpair import open_end
 
 
 def main() -> int:

@@ -12,16 +12,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from authpair import bootstrap, open_end
-
 from qkdd.store import Direction, StateStore, StreamStore
+from tests.authpair import bootstrap, open_end
 
-CHILD = Path(__file__).with_name("auth_crash_child.py")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(root: Path, kill_at: int, iterations: int, kill_after: float | None) -> tuple[int, str]:
     proc = subprocess.Popen(
-        [sys.executable, str(CHILD), str(root), str(kill_at), str(iterations)],
+        [sys.executable, "-m", "tests.auth_crash_child", str(root), str(kill_at), str(iterations)],
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -85,16 +85,14 @@ def test_sigkill_between_reservation_and_use_never_reuses_a_unit(tmp_path: Path)
     assert all(len(units) > 50 for units in seen.values())
 
 
-END_CHILD = Path(__file__).with_name("auth_end_child.py")
-
-
 class EndProcess:
     """One end in its own process; ``call`` returns the reply and collects unit uses."""
 
     def __init__(self, state_dir: Path, role: str, uses: list[tuple[str, str, int]]) -> None:
         self.state_dir, self.role, self.uses = state_dir, role, uses
         self.proc = subprocess.Popen(
-            [sys.executable, str(END_CHILD), str(state_dir), role],
+            [sys.executable, "-m", "tests.auth_end_child", str(state_dir), role],
+            cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -6,7 +6,6 @@ import secrets
 from pathlib import Path
 
 import pytest
-from authpair import bootstrap, handshake, open_end
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from qkdd.auth import (
     forgery_bound,
 )
 from qkdd.store import Direction, StreamStore
+from tests.authpair import bootstrap, handshake, open_end
 
 
 def test_forgery_bound_is_bernsteins_8_ceil_l_over_16_over_2_to_106() -> None:

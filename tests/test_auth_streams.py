@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from authpair import End, Uses, assert_no_unit_used_twice, bootstrap, handshake, open_end
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkdd.auth import AuthFailedError
 from qkdd.store import Direction, StreamStore
+from tests.authpair import End, Uses, assert_no_unit_used_twice, bootstrap, handshake, open_end
 
 
 @pytest.fixture

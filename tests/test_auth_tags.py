@@ -8,7 +8,6 @@ import secrets
 from pathlib import Path
 
 import pytest
-from authpair import End, bootstrap, handshake, handshake_message, open_end
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +22,7 @@ from qkdd.auth import (
 )
 from qkdd.auth.session import _check, _compute
 from qkdd.store import Direction, StreamStatus, StreamStore
+from tests.authpair import End, bootstrap, handshake, handshake_message, open_end
 
 messages = st.binary(max_size=200)
 

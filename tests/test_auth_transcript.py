@@ -7,12 +7,12 @@ import secrets
 from pathlib import Path
 
 import pytest
-from authpair import End, bootstrap, handshake, open_end
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qkdd.auth import AuthError, AuthFailedError, StreamClosedError, Transcript, forgery_bound
 from qkdd.auth.session import messages_bytes
+from tests.authpair import End, bootstrap, handshake, open_end
 
 transcripts = st.lists(st.binary(max_size=64), min_size=1, max_size=12)
 

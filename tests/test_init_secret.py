@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from authpair import LINK, assert_no_unit_used_twice, handshake
 
 from qkdd.auth import (
     SECRET_FILE_NAME,
@@ -26,6 +25,7 @@ from qkdd.auth import (
 )
 from qkdd.cli import main
 from qkdd.store import DB_NAME, Direction, StateStore, StreamStore
+from tests.authpair import LINK, assert_no_unit_used_twice, handshake
 
 
 def _init(tmp_path: Path, *extra: str) -> tuple[int, Path, Path]:
@@ -233,10 +233,9 @@ def test_two_ends_from_init_secret_exchange_thousands_of_messages_across_restart
 def test_secret_material_never_reaches_reprs_logs_or_errors(tmp_path: Path) -> None:
     import io
 
-    from authpair import End, open_end
-
     from qkdd.auth import AuthFailedError, generate_secret
     from qkdd.logging import configure_logging
+    from tests.authpair import End, open_end
 
     bundle = generate_secret(LINK, 16)
     encoded = base64.b64encode(bundle.material).decode()

@@ -20,7 +20,12 @@ EXIT_USAGE = 2
 # Each module defines ``register(subparsers)``; a subcommand stores its
 # handler as ``func(args) -> int``. Listed, not discovered, so the command set
 # is explicit and import errors surface here.
-COMMAND_MODULES: tuple[str, ...] = ("qkdd.cli.secret",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "qkdd.cli.config",
+    "qkdd.cli.devices",
+    "qkdd.cli.keyrate",
+    "qkdd.cli.secret",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""The link engine: protocol parameters, state machine, peer channel, calibration, alarms."""

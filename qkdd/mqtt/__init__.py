@@ -1,0 +1,1 @@
+"""MQTT: telemetry, alarms and sealed key delivery."""
