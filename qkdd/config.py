@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from qkdd.instruments.config import Backend, InstrumentConfig
 from qkdd.instruments.interfaces import InstrumentClass
-from qkdd.link.config import ProtocolConfig
+from qkdd.link.config import PeerConfig, ProtocolConfig
 from qkdd.mqtt.config import MqttConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -79,6 +79,9 @@ class NodeConfig(BaseModel):
     instruments: dict[str, InstrumentConfig] = Field(default_factory=dict)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    peer: PeerConfig | None = Field(
+        default=None, description="the classical channel to the other end (needed by qkdd run)"
+    )
 
     @model_validator(mode="after")
     def _node_policy(self) -> Self:

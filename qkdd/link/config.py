@@ -52,3 +52,35 @@ class ProtocolConfig(BaseModel):
     alarm_window_bits: int = Field(default=512, ge=64, description="n_w of the alarm test")
     alarm_p_value: float = Field(default=1e-9, gt=0, lt=1, description="alarm significance")
     key_size_bits: int = Field(default=256, gt=0, multiple_of=8, description="size of a key")
+
+
+class PeerConfig(BaseModel):
+    """``[peer]``: the classical channel to the other end of the link (TCP).
+
+    Either role may listen; the other connects. The channel is authenticated
+    information-theoretically, so a routable address is allowed here (unlike the
+    simulated fibre, which carries Alice's choices in clear).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: bool = Field(description="true: this end listens; false: it connects to host:port")
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to bind or reach")
+    port: int = Field(default=47700, ge=0, lt=65536, description="TCP port (0: any, for tests)")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="one connection attempt")
+    backoff_initial_s: float = Field(default=0.2, gt=0, description="first reconnect delay")
+    backoff_max_s: float = Field(default=5.0, gt=0, description="longest reconnect delay")
+    receive_timeout_s: float = Field(
+        default=30.0, gt=0, description="silence inside a block after which the peer is lost"
+    )
+    consumer_slots: tuple[str, ...] = Field(
+        default=("default",),
+        min_length=1,
+        description="consumer slot names, identical at both ends (checked in the handshake)",
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Self:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
