@@ -10,6 +10,9 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from qkdd.link.alarms import AlarmEvent, AlarmKind
 from qkdd.link.config import PeerConfig, ProtocolConfig
@@ -151,3 +154,96 @@ async def test_two_ends_commit_identical_keys(tmp_path: Path) -> None:
         assert ln.alice.engine.keys_committed == len(ka) == ln.bob.engine.keys_committed
         assert [e.block_id for e in ln.alice.committed] == [e.block_id for e in ln.bob.committed]
         assert not any(a.kind is AlarmKind.QBER_HIGH for a in ln.alice.alarms + ln.bob.alarms)
+
+
+def _committed_blocks(node: Node) -> list[int]:
+    from qkdd.store import BlockState
+
+    return node.engine.keys.blocks_in(BlockState.COMMITTED)
+
+
+async def test_intercept_resend_alarms_both_ends_and_nothing_attacked_is_committed(
+    tmp_path: Path,
+) -> None:
+    async with link(tmp_path) as ln:
+        await _until(lambda: ln.bob.engine.blocks_committed >= 1)
+        ln.model.intercept_resend = True
+        attacked_from = ln.alice.engine.block_id or 0
+        await _until(
+            lambda: all(
+                any(a.kind is AlarmKind.QBER_HIGH and a.active for a in n.alarms)
+                for n in (ln.alice, ln.bob)
+            )
+        )
+        before_off = set(_committed_blocks(ln.alice))
+        assert all(b < attacked_from for b in before_off)
+        assert ln.alice.engine.alarm_test.alarm_active
+        ln.model.intercept_resend = False
+        await _until(lambda: ln.bob.engine.blocks_committed >= 2)
+        await ln.stop()
+        for node in (ln.alice, ln.bob):
+            cleared = [a for a in node.alarms if a.kind is AlarmKind.QBER_HIGH and not a.active]
+            assert cleared, "the alarm clears after a clean window"
+        assert _committed_blocks(ln.alice) == _committed_blocks(ln.bob)
+        assert ln.alice.keys() == ln.bob.keys()
+        assert not set(_committed_blocks(ln.alice)) & set(range(attacked_from, attacked_from + 2))
+
+
+async def test_blinding_suspected_at_both_ends(tmp_path: Path) -> None:
+    async with link(tmp_path, bias_monitor_a=3e-3) as ln:
+        await _until(
+            lambda: all(
+                any(a.kind is AlarmKind.BLINDING_SUSPECT for a in n.alarms)
+                for n in (ln.alice, ln.bob)
+            ),
+            within_s=20,
+        )
+        await ln.stop()
+        assert _committed_blocks(ln.alice) == _committed_blocks(ln.bob) == []
+
+
+def _drop_before(node: Node, kind: str) -> None:
+    """Cut the connection when this end is about to send its first ``kind``."""
+    channel = node.engine.channel
+    original = channel.send
+    fired = [False]
+
+    async def send(message: Any) -> None:
+        if message.kind == kind and not fired[0]:
+            fired[0] = True
+            await channel.drop(f"test: cut before {kind}")
+            from qkdd.link.channel import PeerLost
+
+            raise PeerLost(f"cut before {kind}")
+        await original(message)
+
+    channel.send = send  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("role", "kind"),
+    [
+        ("alice", "decision"),
+        pytest.param("alice", "prepare", marks=pytest.mark.slow),
+        pytest.param("bob", "vote", marks=pytest.mark.slow),
+        pytest.param("alice", "sift-reply", marks=pytest.mark.slow),
+        pytest.param("bob", "transcript-tag", marks=pytest.mark.slow),
+    ],
+)
+async def test_connection_cut_at_a_commit_step_leaves_no_key_at_one_end(
+    tmp_path: Path, role: str, kind: str
+) -> None:
+    async with link(tmp_path) as ln:
+        _drop_before(ln.alice if role == "alice" else ln.bob, kind)
+        await _until(
+            lambda: ln.bob.engine.blocks_committed >= 1 and ln.alice.engine.blocks_committed >= 1
+        )
+        await _until(lambda: _committed_blocks(ln.alice) == _committed_blocks(ln.bob))
+        await ln.stop()
+        assert _committed_blocks(ln.alice) == _committed_blocks(ln.bob)
+        assert ln.alice.keys() == ln.bob.keys()
+        assert any(a.kind is AlarmKind.PEER_LOST for a in ln.alice.alarms + ln.bob.alarms)
+        from qkdd.store import BlockState
+
+        for node in (ln.alice, ln.bob):
+            assert node.engine.keys.blocks_in(BlockState.PENDING, BlockState.OPEN) == []
