@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.config",
     "qkdd.cli.devices",
     "qkdd.cli.keyrate",
+    "qkdd.cli.keys",
+    "qkdd.cli.run",
     "qkdd.cli.secret",
 )
 
