@@ -372,9 +372,9 @@ class PnsPgf(PhotonPgf):
     """Photon number after a PNS attack on Poisson(μ) at Alice's output.
 
     Vacuum stays vacuum; a single photon is blocked with probability
-    ``block`` and otherwise forwarded; of n ≥ 2 photons Eve keeps one and
-    forwards n − 1; every forwarded photon passes Eve's own channel with
-    transmission ``forward`` (1: lossless).
+    ``block`` and otherwise forwarded; of a pulse with n ≥ 2 photons Eve keeps
+    one and, with probability ``forward``, sends the other n − 1 to Bob
+    losslessly (else she blocks the pulse).
     """
 
     mu: float
@@ -382,10 +382,12 @@ class PnsPgf(PhotonPgf):
     forward: float
 
     def __call__(self, s: float) -> float:
-        mu, u = self.mu, 1.0 - self.forward * s
+        mu, u = self.mu, 1.0 - s
         single = mu * (self.block + (1.0 - self.block) * u)
         # Σ_{n≥2} μ^n/n! · u^(n−1), which vanishes as u → 0
-        multi = (math.expm1(mu * u) - mu * u) / u if u > 1e-12 else 0.0
+        forwarded = (math.expm1(mu * u) - mu * u) / u if u > 1e-12 else 0.0
+        blocked = math.expm1(mu) - mu  # Σ_{n≥2} μ^n/n!
+        multi = self.forward * forwarded + (1.0 - self.forward) * blocked
         return math.exp(-mu) * (1.0 + single + multi)
 
 
@@ -449,7 +451,8 @@ def pns_parameters(phys: LinkPhysics) -> tuple[float, float]:
     """Eve's (block, forward) that make the PNS signal gain equal the honest one.
 
     Blocking single photons first (forward = 1); where even blocking all of them
-    leaves too many clicks (short links), Eve also attenuates what she forwards.
+    leaves too many clicks (beyond a few km), Eve also blocks a share of the
+    multi-photon pulses, forwarding the others losslessly.
     """
     mu = phys.mu[0]
     target = _signal_no_click(phys, PoissonPgf(phys.eta_channel * mu))

@@ -37,6 +37,7 @@ from qkdd.physics.expected import (
     ExpectedStatistics,
     LinkPhysics,
     blinding_trigger_probability,
+    expected_statistics,
     live_slot_patterns,
     pns_parameters,
 )
@@ -229,6 +230,8 @@ class ClickSimulator:
         self._free_cdf = np.cumsum(p_alice)
         self._p_ap = np.asarray(physics.effective_afterpulse, dtype=np.float64)
         self._survive = float(physics.afterpulse_memory**physics.dead_time_slots)
+        # registered detections per slot, to size the output arrays
+        self._rate = float(np.dot(physics.p_class, expected_statistics(physics).gain))
 
     def run(self, n_slots: int, pattern: FramePattern | None = None) -> FrameDetections:
         """Detections of one frame of ``n_slots`` pulses (Alice's ``pattern`` if given)."""
@@ -239,8 +242,8 @@ class ClickSimulator:
             p_basis, p_bit, p_int = pattern.basis, pattern.bit, pattern.intensity
         else:
             p_basis = p_bit = p_int = np.empty(0, dtype=np.uint8)
-        expected = float(self._hmax.max()) * n_slots
-        cap = int(expected + 10.0 * math.sqrt(expected) + 1024)
+        expected = self._rate * n_slots
+        cap = min(n_slots + 1, int(1.05 * expected + 10.0 * math.sqrt(expected) + 1024))
         seed = int(self._rng.integers(0, 2**31 - 1))
         while True:
             slots_out = np.empty(cap, dtype=np.int64)
@@ -418,9 +421,9 @@ def reference_simulate(
             at_bob = n
         elif attacked and phys.eve == EVE_PNS:
             if n == 1:
-                at_bob = 0 if rng.random() < block else int(rng.binomial(1, forward))
+                at_bob = 0 if rng.random() < block else 1
             elif n >= 2:
-                at_bob = int(rng.binomial(n - 1, forward))
+                at_bob = n - 1 if rng.random() < forward else 0
             else:
                 at_bob = 0
         elif attacked and phys.eve == EVE_BLINDING:
