@@ -101,6 +101,8 @@ def test_tags_map_back_to_the_detection_pattern_with_the_true_delay() -> None:
         np.bitwise_or.at(rebuilt, inverse, mask)
         assert np.array_equal(uniq, det.slot + first)
         assert np.array_equal(rebuilt, det.pattern)
+        record_slots, record_bases = receiver.bob_basis_record()
+        assert np.array_equal(record_slots, uniq) and np.array_equal(record_bases, det.bob_basis)
         assert np.any(det.pattern == 3)  # double clicks give two tags in one slot
         assert np.diff(det.slot).min() > receiver.physics.dead_time_slots  # dead time
         # jitter per channel: the residuals have the configured spread
@@ -187,3 +189,18 @@ def test_frame_pattern_is_what_the_source_sends() -> None:
     # the fibre carries FramePattern itself: its repr never shows Alice's choices
     ones = np.ones(8, dtype=np.uint8)
     assert repr(FramePattern(basis=ones, bit=ones, intensity=ones)) == "<FramePattern slots=8>"
+
+
+def test_timestamps_stay_exact_after_days_of_slots() -> None:
+    from qkdd.physics.link import tags_from_detections
+    from qkdd.physics.simulator import ClickSimulator
+
+    phys = physics_from_config(_sim(), LINK)
+    det = ClickSimulator(phys, np.random.default_rng(1)).run(10**5)
+    first = 3 * 24 * 3600 * 10**9  # three days of slots at 1 GHz: 2.6e17 ps
+    tags = tags_from_detections(
+        det, first_slot=first, period_ps=1000.0, delay_ps=0.0, jitter_ps=(0.0, 0.0),
+        rng=np.random.default_rng(2),
+    )  # fmt: skip
+    assert np.all((tags["timestamp_ps"] - first * 1000) % 1000 == 0)
+    assert np.array_equal(np.unique(tags["timestamp_ps"] // 1000 - first), det.slot)

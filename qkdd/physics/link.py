@@ -206,10 +206,15 @@ def tags_from_detections(
     slot = np.concatenate(slots) if slots else np.empty(0, np.int64)
     chan = np.concatenate(chans) if chans else np.empty(0, np.int16)
     sigma = np.asarray(jitter_ps)[chan - 1] if len(chan) else np.empty(0)
-    t = (first_slot + slot) * period_ps + delay_ps + rng.normal(0.0, 1.0, len(slot)) * sigma
+    offset = delay_ps + rng.normal(0.0, 1.0, len(slot)) * sigma
     tags = np.empty(len(slot), dtype=TAG_DTYPE)
     tags["channel"] = chan
-    tags["timestamp_ps"] = np.rint(t).astype(np.int64)
+    if float(period_ps).is_integer():
+        # integer slot times: exact however long the link has run (float64 would lose ps)
+        base = (first_slot + slot) * int(period_ps)
+        tags["timestamp_ps"] = base + np.rint(offset).astype(np.int64)
+    else:
+        tags["timestamp_ps"] = np.rint((first_slot + slot) * period_ps + offset).astype(np.int64)
     order = np.argsort(tags["timestamp_ps"], kind="stable")
     out: TagArray = tags[order]
     return out
@@ -239,6 +244,7 @@ class Receiver:
     eve: EveSpec = field(init=False)
     _clicks: ClickSimulator = field(init=False)
     _base: LinkPhysics = field(init=False)
+    _bases: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]] = field(init=False)
 
     def __post_init__(self) -> None:
         ch = self.sim.channel
@@ -246,6 +252,7 @@ class Receiver:
         self.eve = self.sim.eavesdropper
         self._base = physics_from_config(self.sim, self.link, self.eve)
         self._clicks = ClickSimulator(self._base, self.rng)
+        self._bases = (np.empty(0, np.int64), np.empty(0, np.uint8))
 
     @property
     def physics(self) -> LinkPhysics:
@@ -287,7 +294,16 @@ class Receiver:
             rng=self.rng,
         )
         self.drift.step(n / self.link.slot_rate_hz, self.rng)
+        self._bases = (det.slot + frame.first_slot, det.bob_basis)
         return det, tags
+
+    def bob_basis_record(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """Bob's measurement basis at the detected slots of the last frame (absolute slots).
+
+        Bob's own record: his random source drove the active basis choice (with a
+        passive receiver, the clicked detector's arm). Contains nothing of Alice's.
+        """
+        return self._bases
 
     def photocurrent_a(self) -> float:
         """The detectors' bias/photocurrent monitor: µA-level dark current, mA when blinded."""
