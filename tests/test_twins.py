@@ -249,3 +249,38 @@ async def test_paced_encoder_keeps_to_the_slot_clock() -> None:
             await encoder.arm()
         assert time.monotonic() - start >= 0.1 * 0.9
         assert (await rx.receive()) is not None
+
+
+async def test_attach_simulated_link_wires_both_roles(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from qkdd.instruments.twins.link import attach_simulated_link, fibre_address
+    from qkdd.physics.config import SimulationConfig
+    from qkdd.physics.link import LinkParameters, draw_pattern, role_rng
+
+    sim = SimulationConfig.model_validate(
+        {"seed": 3, "fibre_path": str(tmp_path / "f.sock"), "detectors": {"efficiency": 0.5}}
+    )
+    assert fibre_address(sim, "l1").path == str(tmp_path / "f.sock")
+    link = LinkParameters()
+    async with (
+        _twin(InstrumentClass.STATE_ENCODER) as encoder,
+        _twin(InstrumentClass.TIME_TAGGER) as tagger,
+        _twin(InstrumentClass.DETECTOR) as detector,
+    ):
+        bob = await attach_simulated_link("bob", [tagger, detector], sim, link, link_id="l1")
+        alice = await attach_simulated_link("alice", [encoder], sim, link, link_id="l1")
+        try:
+            await tagger.start()
+            stream = tagger.tags()
+            await encoder.load_frame(draw_pattern(role_rng(3, "alice"), 50_000, link))
+            await encoder.arm()
+            batch = await anext(stream)
+            assert len(batch) > 100
+            with pytest.raises(ValueError, match="Bob's end"):
+                alice.set_eavesdropper("pns")
+            bob.set_eavesdropper("blinding")
+            assert await detector.bias_monitor() > 1e-3
+        finally:
+            await tagger.stop()
+            await alice.close()
+            await bob.close()
+    assert not (tmp_path / "f.sock").exists()

@@ -28,7 +28,7 @@ from qkdd.instruments.interfaces import (
 from qkdd.instruments.twins.base import Twin
 
 if TYPE_CHECKING:
-    from qkdd.instruments.twins.fibre import FibreReceiver
+    from qkdd.instruments.twins.fibre import FrameSource
     from qkdd.physics.link import Receiver
 
 
@@ -101,10 +101,10 @@ class SimulatedTimeTagger(Twin, TimeTagger):
         self._clock_ps = 0
         self._rng = np.random.default_rng(self.options.get("seed"))
         self._receiver: Receiver | None = None
-        self._fibre: FibreReceiver | None = None
+        self._fibre: FrameSource | None = None
         self._link_tags = 0
 
-    def attach(self, receiver: Receiver, fibre: FibreReceiver) -> None:
+    def attach(self, receiver: Receiver, fibre: FrameSource) -> None:
         """Stream the tags of the frames that arrive through ``fibre``."""
         self._receiver = receiver
         self._fibre = fibre

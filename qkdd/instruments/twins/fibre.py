@@ -14,8 +14,15 @@ import ipaddress
 import os
 import stat
 from dataclasses import dataclass
+from typing import Protocol
 
 from qkdd.physics.link import HEADER_SIZE, PreparedFrame, decode_frame, encode_frame, frame_size
+
+
+class FrameSource(Protocol):
+    """Anything the receiver reads prepared frames from (None: the fibre was closed)."""
+
+    async def receive(self) -> PreparedFrame | None: ...
 
 
 class FibreError(Exception):
@@ -163,6 +170,10 @@ class FibreListener:
         if self._accepted is None:
             raise FibreError("the fibre listener was not started")
         return await self._accepted
+
+    async def receive(self) -> PreparedFrame | None:
+        """The next frame from Alice, waiting for her to connect first."""
+        return await (await self.accept()).receive()
 
     async def close(self) -> None:
         if self._server is not None:
