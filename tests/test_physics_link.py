@@ -204,3 +204,12 @@ def test_timestamps_stay_exact_after_days_of_slots() -> None:
     )  # fmt: skip
     assert np.all((tags["timestamp_ps"] - first * 1000) % 1000 == 0)
     assert np.array_equal(np.unique(tags["timestamp_ps"] // 1000 - first), det.slot)
+
+
+def test_a_tcp_fibre_needs_its_port() -> None:
+    with pytest.raises(ValueError, match="loopback port"):
+        SimulationConfig.model_validate({"fibre": "tcp"})
+    sim = SimulationConfig.model_validate({"fibre": "tcp", "fibre_path": "47001"})
+    from qkdd.instruments.twins.link import fibre_address
+
+    assert fibre_address(sim, "l").port == 47001

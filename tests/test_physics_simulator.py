@@ -156,12 +156,32 @@ def test_sweep_distances_effects_and_eavesdroppers(distance_km: float, passive: 
             assert_agrees(_fast(phys, slots, seed=22), expected_statistics(phys), f"{eve}:{f}")
 
 
+# long afterpulse memory and a dead time of many slots: the chain's stationary state matters
+NOISY_LONG_MEMORY = dataclasses.replace(NOISY, afterpulse_memory=0.95, dead_time_slots=15)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("eve", ["none", *EVES])
-@pytest.mark.parametrize("base", [NOISY, NOISY_PASSIVE], ids=["active", "passive"])
+@pytest.mark.parametrize(
+    "base", [NOISY, NOISY_PASSIVE, NOISY_LONG_MEMORY], ids=["active", "passive", "long-memory"]
+)
 def test_sweep_reference_per_eavesdropper(eve: str, base: LinkPhysics) -> None:
     phys = dataclasses.replace(base, eve=eve, eve_fraction=0.8)
     measured = measure(
         reference_simulate(phys, 150_000, np.random.default_rng(4)), phys.bob_key_probability
     )
     assert_agrees(measured, expected_statistics(phys), f"reference {eve}")
+
+
+def test_a_dead_time_longer_than_a_frame_carries_over() -> None:
+    phys = dataclasses.replace(physics(0.0, effects="off"), dead_time_slots=5000)
+    sim = ClickSimulator(phys, np.random.default_rng(9))
+    slots, offset = [], 0
+    for _ in range(40):
+        frame = sim.run(700)
+        assert frame.sent.sum() == 700
+        slots.append(frame.slot + offset)
+        offset += 700
+    all_slots = np.concatenate(slots)
+    assert len(all_slots) >= 3
+    assert np.diff(all_slots).min() >= 5001

@@ -187,6 +187,16 @@ class SimulationConfig(BaseModel):
     eavesdropper: EveSpec = Field(default_factory=EveSpec)
 
     @model_validator(mode="after")
+    def _tcp_fibre_has_a_port(self) -> Self:
+        if self.fibre == "tcp":
+            port = (self.fibre_path or "").rpartition(":")[2]
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    "fibre_path: a tcp fibre needs the loopback port both ends use (e.g. 47001)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _detector_lists_fit(self) -> Self:
         count = self.receiver.detectors
         for name in ("efficiency", "dark_count", "afterpulse", "jitter_ps"):

@@ -242,6 +242,9 @@ class ClickSimulator:
             p_basis, p_bit, p_int = pattern.basis, pattern.bit, pattern.intensity
         else:
             p_basis = p_bit = p_int = np.empty(0, dtype=np.uint8)
+        if self.dead_carry >= n_slots:  # the whole frame falls in a dead time
+            self.dead_carry -= n_slots
+            return self._empty(n_slots, pattern)
         expected = self._rate * n_slots
         cap = min(n_slots + 1, int(1.05 * expected + 10.0 * math.sqrt(expected) + 1024))
         seed = int(self._rng.integers(0, 2**31 - 1))
@@ -250,7 +253,7 @@ class ClickSimulator:
             out8 = [np.empty(cap, dtype=np.uint8) for _ in range(6)]
             n, pending, nxt = _click_kernel(
                 n_slots,
-                min(self.dead_carry, n_slots),
+                self.dead_carry,
                 self.pending,
                 p_basis,
                 p_bit,
@@ -274,11 +277,7 @@ class ClickSimulator:
         self.pending = pending
         self.dead_carry = max(0, nxt - n_slots)  # a dead time running into the next frame
         if pattern is not None:
-            counts = np.zeros((N_CLASSES, 2), dtype=np.int64)
-            for k in range(N_CLASSES):
-                in_class = pattern.intensity == k
-                t = int(np.count_nonzero(in_class & (pattern.basis == 1)))
-                counts[k] = (int(np.count_nonzero(in_class)) - t, t)
+            counts = _sent_counts(pattern)
             slots = slots_out[:n]
             alice: tuple[U8, U8, U8] = (
                 pattern.basis[slots],
@@ -300,6 +299,28 @@ class ClickSimulator:
             intensity=alice[2],
             sent=counts,
         )
+
+    def _empty(self, n_slots: int, pattern: FramePattern | None) -> FrameDetections:
+        phys = self._physics
+        if pattern is not None:
+            counts = _sent_counts(pattern)
+        else:
+            p_sent = np.outer(phys.p_class, [phys.p_key, 1.0 - phys.p_key]).ravel()
+            counts = self._rng.multinomial(n_slots, p_sent).reshape(N_CLASSES, 2)
+        none8 = np.empty(0, dtype=np.uint8)
+        return FrameDetections(
+            n_slots, np.empty(0, dtype=np.int64), none8, none8, none8, none8, none8, none8, counts
+        )
+
+
+def _sent_counts(pattern: FramePattern) -> I64:
+    """Pulses sent per class and basis (count_nonzero passes: no wide temporaries)."""
+    counts = np.zeros((N_CLASSES, 2), dtype=np.int64)
+    for k in range(N_CLASSES):
+        in_class = pattern.intensity == k
+        t = int(np.count_nonzero(in_class & (pattern.basis == 1)))
+        counts[k] = (int(np.count_nonzero(in_class)) - t, t)
+    return counts
 
 
 @dataclass(frozen=True, slots=True)
