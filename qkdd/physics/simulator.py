@@ -40,6 +40,7 @@ from qkdd.physics.expected import (
     expected_statistics,
     live_slot_patterns,
     pns_parameters,
+    setting_table,
 )
 
 U8 = npt.NDArray[np.uint8]
@@ -83,11 +84,12 @@ def _click_kernel(  # noqa: PLR0917 (a numba kernel takes plain arrays)
     pat_basis: U8,
     pat_bit: U8,
     pat_int: U8,
-    free_cdf: F64,
+    sigma_cdf: F64,
     p_bob_key: float,
     passive: bool,
     h: F64,
-    hmax: F64,
+    rate: F64,
+    log_miss: F64,
     cdf: F64,
     p_ap: F64,
     survive: float,
@@ -109,38 +111,41 @@ def _click_kernel(  # noqa: PLR0917 (a numba kernel takes plain arrays)
     n = 0
     s = start
     while s < n_slots:
-        hm = hmax[pending]
+        hm = rate[pending]
         if hm <= 0.0:
             s = n_slots
             break
         if hm < 1.0:
             u = np.random.random()
-            s += math.floor(math.log1p(-u) / math.log1p(-hm))
+            s += math.floor(math.log1p(-u) / log_miss[pending])
             if s >= n_slots:
                 s = n_slots  # no click before the frame ends (memoryless: nothing to carry)
                 break
+        b = 0
         if free:
-            v = np.random.random()
-            ia = 0
-            while ia < free_cdf.shape[0] - 1 and free_cdf[ia] <= v:
-                ia += 1
-            a = ia // 6
-            x = (ia // 3) % 2
-            k = ia % 3
+            # the setting of a slot that clicks, drawn from p(σ)·h(σ, P) directly
+            found = np.searchsorted(sigma_cdf[pending], np.random.random(), side="right")
+            sig = min(int(found), sigma_cdf.shape[1] - 1)
+            base = sig if passive else sig // 2
+            if not passive:
+                b = sig % 2
+            a = base // 6
+            x = (base // 3) % 2
+            k = base % 3
         else:
             a = int(pat_basis[s])
             x = int(pat_bit[s])
             k = int(pat_int[s])
-        base = (a * 2 + x) * 3 + k
-        b = 0
-        if passive:
-            sig = base
-        else:
-            b = 0 if np.random.random() < p_bob_key else 1
-            sig = base * 2 + b
-        if np.random.random() * hm >= h[sig, pending]:
-            s += 1
-            continue
+            base = (a * 2 + x) * 3 + k
+            if passive:
+                sig = base
+            else:
+                b = 0 if np.random.random() < p_bob_key else 1
+                sig = base * 2 + b
+            # thinning: candidates come at rate max_σ h(σ, P)
+            if np.random.random() * hm >= h[sig, pending]:
+                s += 1
+                continue
         v = np.random.random()
         z = 1
         while z < n_patterns - 1 and cdf[sig, pending, z] <= v:
@@ -219,15 +224,12 @@ class ClickSimulator:
         self._h = np.ascontiguousarray(h)
         self._hmax = np.ascontiguousarray(hmax)
         self._cdf = np.ascontiguousarray(cdf)
-        p_alice = np.array(
-            [
-                (physics.p_key if a == 0 else 1.0 - physics.p_key) * 0.5 * physics.p_class[k]
-                for a in (0, 1)
-                for x in (0, 1)
-                for k in range(N_CLASSES)
-            ]
-        )
-        self._free_cdf = np.cumsum(p_alice)
+        # settings drawn at the clicks: p(σ | click, P) ∝ p(σ)·h(σ, P), clicks at rate h̄(P)
+        weighted = setting_table(physics).prob[:, None] * h
+        self._hbar = np.ascontiguousarray(weighted.sum(axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sigma_cdf = np.nan_to_num(np.cumsum(weighted, axis=0) / self._hbar)
+        self._sigma_cdf = np.ascontiguousarray(sigma_cdf.T)
         self._p_ap = np.asarray(physics.effective_afterpulse, dtype=np.float64)
         self._survive = float(physics.afterpulse_memory**physics.dead_time_slots)
         # registered detections per slot, to size the output arrays
@@ -248,6 +250,9 @@ class ClickSimulator:
         expected = self._rate * n_slots
         cap = min(n_slots + 1, int(1.05 * expected + 10.0 * math.sqrt(expected) + 1024))
         seed = int(self._rng.integers(0, 2**31 - 1))
+        rate = self._hmax if pattern is not None else self._hbar
+        with np.errstate(divide="ignore"):
+            log_miss = np.log1p(-np.minimum(rate, 1.0))
         while True:
             slots_out = np.empty(cap, dtype=np.int64)
             out8 = [np.empty(cap, dtype=np.uint8) for _ in range(6)]
@@ -258,11 +263,12 @@ class ClickSimulator:
                 p_basis,
                 p_bit,
                 p_int,
-                self._free_cdf,
+                self._sigma_cdf,
                 phys.bob_key_probability,
                 phys.passive,
                 self._h,
-                self._hmax,
+                rate,
+                log_miss,
                 self._cdf,
                 self._p_ap,
                 self._survive,
