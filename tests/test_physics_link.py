@@ -213,3 +213,11 @@ def test_a_tcp_fibre_needs_its_port() -> None:
     from qkdd.instruments.twins.link import fibre_address
 
     assert fibre_address(sim, "l").port == 47001
+
+
+def test_receiver_repr_holds_no_frame_data() -> None:
+    receiver = Receiver(_sim(), LINK, role_rng(1, "bob"))
+    pattern = draw_pattern(role_rng(1, "alice"), 10_000, LINK)
+    receiver.receive(PreparedFrame(0, 0, pattern))
+    text = repr(receiver)
+    assert "array" not in text and "Generator" not in text

@@ -239,12 +239,12 @@ class Receiver:
 
     sim: SimulationConfig
     link: LinkParameters
-    rng: np.random.Generator
+    rng: np.random.Generator = field(repr=False)
     drift: Drift = field(init=False)
     eve: EveSpec = field(init=False)
-    _clicks: ClickSimulator = field(init=False)
-    _base: LinkPhysics = field(init=False)
-    _bases: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]] = field(init=False)
+    _clicks: ClickSimulator = field(init=False, repr=False)
+    _base: LinkPhysics = field(init=False, repr=False)
+    _bases: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ch = self.sim.channel
