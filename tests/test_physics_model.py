@@ -194,3 +194,24 @@ def test_tables_are_probability_distributions(  # noqa: PLR0917
 
 def _fields(phys: LinkPhysics) -> dict[str, object]:
     return {name: getattr(phys, name) for name in phys.__slots__}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("distance_km", [0.0, 80.0, 160.0])
+def test_keyrate_link_model_and_the_simulated_link_agree(distance_km: float) -> None:
+    from qkdd.physics.expected import LinkModel, expected_counts, link_physics
+
+    link = LinkModel(eta_bob=0.1, dark_count=6e-7, misalignment=5e-3)
+    counts = expected_counts(link, distance_km, MU)
+    phys = link_physics(
+        link, distance_km, mu=(0.5, 0.1, 0.0002), p_class=(0.7, 0.2, 0.1), p_key=0.8
+    )
+    stats = expected_statistics(phys)
+    assert np.allclose(stats.gain, counts.gain, rtol=1e-9)
+    assert np.allclose(stats.qber, counts.qber, rtol=1e-9)
+    # the simulated link adds what the keyrate forms leave out: a dead time costs gain
+    dead = link_physics(link, distance_km, mu=(0.5, 0.1, 0.0002), p_class=(0.7, 0.2, 0.1),
+                        p_key=0.8, dead_time_slots=100)  # fmt: skip
+    assert np.all(expected_statistics(dead).gain < stats.gain)
+    with pytest.raises(ValueError, match="textbook"):
+        link_physics(LinkModel(y0=1e-6, model="textbook"), 0.0, mu=(0.5, 0.1, 0.0),
+                     p_class=(0.7, 0.2, 0.1), p_key=0.8)  # fmt: skip

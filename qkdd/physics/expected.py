@@ -689,3 +689,35 @@ def expected_statistics(phys: LinkPhysics) -> ExpectedStatistics:
         live_fraction=live,
         detector_clicks=clicks,
     )
+
+
+def link_physics(
+    link: LinkModel,
+    distance_km: float,
+    *,
+    mu: tuple[float, float, float],
+    p_class: tuple[float, float, float],
+    p_key: float,
+    afterpulse_memory: float = 0.0,
+    dead_time_slots: int = 0,
+) -> LinkPhysics:
+    """The keyrate's :class:`LinkModel` as the simulated link's exact model (active receiver).
+
+    ``link.afterpulse`` becomes the per-avalanche afterpulse probability with
+    the given memory, a background from earlier clicks rather than Lim's
+    same-class factor.
+    """
+    if link.model == "textbook":
+        raise ValueError("the textbook model has no detectors: give dark counts instead of Y0")
+    return LinkPhysics(
+        mu=mu,
+        p_class=p_class,
+        p_key=p_key,
+        eta_channel=fibre_transmittance(link.alpha_db_per_km, distance_km, link.extra_loss_db),
+        efficiency=(link.eta_bob,) * ACTIVE_DETECTORS,
+        dark_count=(link.dark_count,) * ACTIVE_DETECTORS,
+        misalignment=link.misalignment,
+        afterpulse=(link.afterpulse,) * ACTIVE_DETECTORS,
+        afterpulse_memory=afterpulse_memory,
+        dead_time_slots=dead_time_slots,
+    )
