@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.devices",
     "qkdd.cli.keyrate",
     "qkdd.cli.secret",
+    "qkdd.cli.simulate",
 )
 
 
