@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.keys",
     "qkdd.cli.run",
     "qkdd.cli.secret",
+    "qkdd.cli.simulate",
 )
 
 
