@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from qkdd.frames import FramePattern
 from qkdd.link.postprocess import Bits, ReconMessage, ReconResult
+from qkdd.link.quantum import RawFrame
 from qkdd.postprocessing.sifting import Detections
 
 
@@ -36,6 +37,8 @@ class ModelLink:
     intercept_resend: bool = False
     bias_monitor_a: float = 1e-6
     seed: int = 7
+    calibrated_delay_ps: float | None = None
+    slot_rate_hz: float = 1e7
     queue: asyncio.Queue[FramePattern] = field(default_factory=lambda: asyncio.Queue(4))
 
     def __post_init__(self) -> None:
@@ -82,6 +85,9 @@ class _Tx:
         await self.link.queue.put(pattern)
         return pattern
 
+    async def send_pattern(self, pattern: FramePattern) -> None:
+        await self.link.queue.put(pattern)
+
 
 class _Rx:
     def __init__(self, link: ModelLink) -> None:
@@ -94,6 +100,17 @@ class _Rx:
 
     async def monitor(self) -> dict[str, float]:
         return {"bias_monitor_a": self.link.bias_monitor_a}
+
+    async def receive_raw(self, n_slots: int) -> RawFrame:
+        """The model's clicks on a clock with a fixed delay of 7 slots and a 40 % phase."""
+        pattern = await self.link.queue.get()
+        det = self.link.detect(pattern)
+        period = 1e12 / self.link.slot_rate_hz
+        times = np.rint((det.slot + 7) * period + 0.4 * period).astype(np.int64)
+        return RawFrame(0, times, det.basis, det.bit)
+
+    def set_delay(self, delay_ps: float) -> None:
+        self.link.calibrated_delay_ps = delay_ps
 
 
 # -- reconciliation: interactive binary search over shuffled blocks ------------------------

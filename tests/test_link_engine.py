@@ -150,6 +150,7 @@ async def test_two_ends_commit_identical_keys(tmp_path: Path) -> None:
         await ln.stop()
         ka, kb = ln.alice.keys(), ln.bob.keys()
         assert len(ka) > 20 and ka == kb
+        assert ln.model.calibrated_delay_ps == pytest.approx(7.4e5)
         assert len({k for k, _ in ka}) == len(ka)
         assert ln.alice.engine.keys_committed == len(ka) == ln.bob.engine.keys_committed
         assert [e.block_id for e in ln.alice.committed] == [e.block_id for e in ln.bob.committed]

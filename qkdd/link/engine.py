@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 from qkdd.auth import AuthSession, HandshakeOffer, ResyncExhaustedError
 from qkdd.frames import BASIS_K, BASIS_T, FramePattern, class_counts
 from qkdd.link.alarms import AlarmEvent, AlarmKind, QberAlarmTest
+from qkdd.link.calibration import calibration_pattern, find_delay
 from qkdd.link.channel import (
     ChannelAlarm,
     PeerAborted,
@@ -45,6 +47,8 @@ from qkdd.link.messages import (
     Abort,
     AmplificationSeed,
     BlockStart,
+    Calibrated,
+    CalibrationStart,
     Decision,
     DecisionQuery,
     DetectionReport,
@@ -73,7 +77,11 @@ S = LinkState
 _VACUUM_CLASS = 2
 _AB = Direction.ALICE_TO_BOB
 _BA = Direction.BOB_TO_ALICE
-_BLINDING_PHOTOCURRENT_A = 1e-4  # dark current is ~1 µA; blinding light gives mA
+_BLINDING_PHOTOCURRENT_A = 1e-4
+_CALIBRATION_ATTEMPTS = 3
+_MAX_DELAY_S = (
+    2e-3  # longest fibre delay searched: 400 km  # dark current is ~1 µA; blinding light gives mA
+)
 
 T = TypeVar("T")
 
@@ -101,6 +109,10 @@ class EngineSettings:
         n, f = self.protocol.block_pulses, self.frame_slots
         full, rest = divmod(n, f)
         return [f] * full + ([rest] if rest else [])
+
+
+class CalibrationFailed(RuntimeError):
+    """No calibration frame showed a clear delay (a fault: retried with back-off)."""
 
 
 class BlockAborted(Exception):
@@ -329,8 +341,7 @@ class LinkEngine:
         try:
             await self._exchange_decisions()
             self._to(S.CALIBRATING, "peer connected")
-            # The simulated receiver's delay is known; hardware calibration runs here.
-            self._to(S.TRANSMIT, "calibrated: delay from configuration")
+            await self._calibrate()
             while not self._stop.is_set():
                 await self._one_block()
         except PeerLost as exc:
@@ -348,6 +359,56 @@ class LinkEngine:
         if state is BlockState.OPEN or (self.alice and state is BlockState.PENDING):
             self.keys.abort(block_id, reason)
             self.blocks_aborted += 1
+
+    # -- calibration --------------------------------------------------------------------
+
+    async def _calibrate(self) -> None:
+        """Find the delay between Alice's slots and Bob's tags (repeated on failure)."""
+        timeout = self.settings.peer.receive_timeout_s
+        n = self.settings.frame_slots
+        for attempt in range(_CALIBRATION_ATTEMPTS):
+            if self.alice:
+                assert self.transmitter is not None
+                seed = bytes(await self._random_bytes(16))
+                await self.channel.send(
+                    CalibrationStart(seed=seed.hex(), n_slots=n, attempt=attempt)
+                )
+                await self.transmitter.send_pattern(calibration_pattern(seed, n))
+                result = await self.channel.expect(Calibrated, timeout)
+            else:
+                assert self.receiver is not None
+                start = await self.channel.expect(CalibrationStart, timeout)
+                if start.n_slots != n:
+                    raise ProtocolViolation("calibration frame length differs")
+                raw = await self.receiver.receive_raw(n)
+                pattern = calibration_pattern(bytes.fromhex(start.seed), n)
+                search = functools.partial(
+                    find_delay,
+                    raw.times_ps,
+                    raw.basis,
+                    raw.bit,
+                    pattern,
+                    first_slot=raw.first_slot,
+                    period_ps=1e12 / self.protocol.slot_rate_hz,
+                    max_offset_slots=round(_MAX_DELAY_S * self.protocol.slot_rate_hz),
+                )
+                est = await self._cpu(search)
+                if est.found:
+                    self.receiver.set_delay(est.delay_ps)
+                _log.info(
+                    "calibration frame",
+                    found=est.found,
+                    delay_ps=round(est.delay_ps, 1),
+                    offset_slots=est.offset_slots,
+                    peak_z=round(est.peak_z, 1),
+                    detections=est.detections,
+                )
+                result = Calibrated(found=est.found, peak_z=est.peak_z, detections=est.detections)
+                await self.channel.send(result)
+            if result.found:
+                self._to(S.TRANSMIT, f"calibrated (peak z = {result.peak_z:.1f})")
+                return
+        raise CalibrationFailed(f"no clear delay after {_CALIBRATION_ATTEMPTS} calibration frames")
 
     # -- decisions after a reconnect ------------------------------------------------------
 

@@ -239,3 +239,25 @@ class Ready(LinkMessage):
     auth: ClassVar[AuthMode] = AuthMode.SINGLE
 
     pending_queries: int = 0
+
+
+class CalibrationStart(LinkMessage):
+    """Alice is about to send a calibration frame from this public seed."""
+
+    kind: ClassVar[str] = "calibration-start"
+    auth: ClassVar[AuthMode] = AuthMode.SINGLE
+
+    seed: str  # hex
+    n_slots: int = Field(gt=0)
+    attempt: int = Field(ge=0)
+
+
+class Calibrated(LinkMessage):
+    """Bob's result: whether the delay was found (and how clearly)."""
+
+    kind: ClassVar[str] = "calibrated"
+    auth: ClassVar[AuthMode] = AuthMode.SINGLE
+
+    found: bool
+    peak_z: float
+    detections: int

@@ -10,6 +10,7 @@ and to (basis, bit) by the detector wiring of a passive four-detector receiver.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,10 @@ class FrameTransmitter(Protocol):
 
     async def send_frame(self, frame: int, n_slots: int) -> FramePattern: ...
 
+    async def send_pattern(self, pattern: FramePattern) -> None:
+        """Send a given (public) pattern: the calibration frame."""
+        ...
+
 
 class FrameReceiver(Protocol):
     """Bob's side: the detections of one frame (slots relative to the frame)."""
@@ -41,6 +46,12 @@ class FrameReceiver(Protocol):
     async def monitor(self) -> dict[str, float]:
         """Readings the engine watches (detector photocurrent for blinding)."""
         ...
+
+    async def receive_raw(self, n_slots: int) -> RawFrame:
+        """The next frame's clicks without a delay applied (for calibration)."""
+        ...
+
+    def set_delay(self, delay_ps: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,11 +109,30 @@ class InstrumentTransmitter:
             pattern = pattern_from_bytes(data, n_slots, self.probabilities)
         finally:
             data[:] = bytes(len(data))
-        await self.encoder.load_frame(pattern)
-        await self.encoder.arm()
+        await self.send_pattern(pattern)
         return pattern
 
+    async def send_pattern(self, pattern: FramePattern) -> None:
+        if self.laser is not None and not self._laser_on:
+            await self.laser.set_enabled(True)
+            self._laser_on = True
+        await self.encoder.load_frame(pattern)
+        await self.encoder.arm()
 
+
+@dataclass(frozen=True)
+class RawFrame:
+    """One frame's clicks as the tagger saw them: per detection (multi-clicks squashed)
+    its earliest time, basis and bit; ``first_slot`` on Bob's slot clock."""
+
+    first_slot: int
+    times_ps: npt.NDArray[np.int64]
+    basis: npt.NDArray[np.uint8]
+    bit: npt.NDArray[np.uint8]
+
+
+# Active receiver (Bob's random source drives the basis modulator): channel → bit.
+ACTIVE_WIRING: dict[int, int] = {1: 0, 2: 1}
 # Passive receiver wiring: tagger channel → (basis, bit).
 PASSIVE_WIRING: dict[int, tuple[int, int]] = {
     1: (BASIS_K, 0),
@@ -112,51 +142,72 @@ PASSIVE_WIRING: dict[int, tuple[int, int]] = {
 }
 
 
-def detections_from_tags(
+def group_clicks(
     tags: npt.NDArray[np.void],
     *,
-    first_slot: int,
-    n_slots: int,
     period_ps: float,
-    delay_ps: float,
+    phase_ps: float,
+    bases: npt.NDArray[np.uint8] | None,
     random_bits: npt.NDArray[np.uint8],
-    wiring: dict[int, tuple[int, int]] = PASSIVE_WIRING,
-) -> Detections:
-    """Slot, basis and bit per detection; multi-clicks squashed (same basis: random
-    bit; across bases: random basis and bit), using Bob's own random bits."""
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.uint8]
+]:
+    """Group tags into detections (one per slot on Bob's clock, tags within half a slot).
+
+    Returns (slot index on the clock, earliest time, basis, bit). With an active
+    receiver ``bases`` is Bob's own basis record of the frame's detections, in
+    order; a passive receiver's basis comes from the wiring. Multi-clicks: same
+    basis → random bit; both bases → random basis and bit (squashing).
+    """
+    empty = np.empty(0, np.int64)
     if len(tags) == 0:
-        empty = np.empty(0, np.int64)
-        return Detections(slot=empty, basis=empty.astype(np.uint8), bit=empty.astype(np.uint8))
-    slot = np.rint((tags["timestamp_ps"].astype(np.float64) - delay_ps) / period_ps).astype(
-        np.int64
-    ) - int(first_slot)
+        return empty, empty, empty.astype(np.uint8), empty.astype(np.uint8)
+    times = tags["timestamp_ps"].astype(np.int64)
     channel = tags["channel"].astype(np.int64)
-    known = np.isin(channel, list(wiring))
-    keep = known & (slot >= 0) & (slot < n_slots)
-    slot, channel = slot[keep], channel[keep]
-    table = np.zeros((max(wiring) + 1, 2), dtype=np.uint8)
-    for ch, (b, v) in wiring.items():
-        table[ch] = (b, v)
-    basis, bit = table[channel, 0], table[channel, 1]
-    order = np.argsort(slot, kind="stable")
-    slot, basis, bit = slot[order], basis[order], bit[order]
-    unique, first, counts = np.unique(slot, return_index=True, return_counts=True)
-    out_basis = basis[first].copy()
-    out_bit = bit[first].copy()
+    clock = np.rint((times.astype(np.float64) - phase_ps) / period_ps).astype(np.int64)
+    order = np.lexsort((times, clock))
+    times, channel, clock = times[order], channel[order], clock[order]
+    if bases is not None:
+        known = np.isin(channel, list(ACTIVE_WIRING))
+        tag_bit = np.where(channel == 2, 1, 0).astype(np.uint8)
+        tag_basis = np.zeros(len(channel), np.uint8)
+    else:
+        known = np.isin(channel, list(PASSIVE_WIRING))
+        table = np.zeros((max(PASSIVE_WIRING) + 1, 2), dtype=np.uint8)
+        for ch, (b, v) in PASSIVE_WIRING.items():
+            table[ch] = (b, v)
+        safe = np.where(known, channel, 0)
+        tag_basis, tag_bit = table[safe, 0], table[safe, 1]
+    times, clock, tag_basis, tag_bit = times[known], clock[known], tag_basis[known], tag_bit[known]
+    slots, first, counts = np.unique(clock, return_index=True, return_counts=True)
+    basis = tag_basis[first].copy()
+    bit = tag_bit[first].copy()
+    if bases is not None:
+        if bases.size != slots.size:
+            raise ValueError(f"basis record has {bases.size} entries for {slots.size} detections")
+        basis = bases.astype(np.uint8).copy()
     multi = np.flatnonzero(counts > 1)
     if multi.size:
         if random_bits.size < 2 * multi.size:
-            raise ValueError("not enough random bits to squash double clicks")
+            raise ValueError("not enough random bits to squash multi-clicks")
         for j, m in enumerate(multi):
             group = slice(first[m], first[m] + counts[m])
-            if np.unique(basis[group]).size > 1:
-                out_basis[m] = random_bits[2 * j]
-            out_bit[m] = random_bits[2 * j + 1]
-    return Detections(slot=unique, basis=out_basis, bit=out_bit)
+            if bases is None and np.unique(tag_basis[group]).size > 1:
+                basis[m] = random_bits[2 * j]
+            if np.unique(tag_bit[group]).size > 1 or bases is None:
+                bit[m] = random_bits[2 * j + 1]
+    return slots, times[first], basis, bit
+
+
+BasisRecord = Callable[[], npt.NDArray[np.uint8]]
 
 
 class InstrumentReceiver:
-    """Bob's detections through the time tagger (one batch per triggered frame)."""
+    """Bob's detections through the time tagger (one batch per triggered frame).
+
+    ``basis_record`` (active receivers) returns Bob's basis at each detection of the
+    batch just read, in order; without it the receiver is passive (four detectors).
+    """
 
     def __init__(
         self,
@@ -166,35 +217,57 @@ class InstrumentReceiver:
         slot_rate_hz: float,
         delay_ps: float = 0.0,
         detectors: list[SinglePhotonDetector] | None = None,
+        basis_record: BasisRecord | None = None,
     ) -> None:
         self.tagger = tagger
         self.random_source = random_source
         self.period_ps = 1e12 / slot_rate_hz
         self.delay_ps = delay_ps
         self.detectors = detectors or []
-        self._stream: object | None = None
-        self._next_slot = 0  # slots since the source started (the tagger's clock)
+        self.basis_record = basis_record
+        self._stream: AsyncIterator[npt.NDArray[np.void]] | None = None
+        self._next_slot = 0  # Bob's slot clock: slots since the source started
 
-    async def receive_frame(self, frame: int, n_slots: int) -> Detections:
+    def set_delay(self, delay_ps: float) -> None:
+        self.delay_ps = delay_ps
+
+    async def _batch(self, n_slots: int) -> tuple[int, npt.NDArray[np.void], npt.NDArray[np.uint8]]:
         if self._stream is None:
             await self.tagger.start()
             self._stream = aiter(self.tagger.tags())
-        batch = await anext(self._stream)  # type: ignore[call-overload]
+        batch = await anext(self._stream)
         first_slot = self._next_slot
         self._next_slot += n_slots
-        squash = np.unpackbits(
-            np.frombuffer(
-                bytes(await self.random_source.random_bytes(1 + len(batch) // 4)), np.uint8
-            )
+        raw = await self.random_source.random_bytes(1 + len(batch) // 2)
+        bits = np.unpackbits(np.frombuffer(bytes(raw), np.uint8))
+        raw[:] = bytes(len(raw))
+        return first_slot, batch, bits
+
+    def _bases(self) -> npt.NDArray[np.uint8] | None:
+        return None if self.basis_record is None else self.basis_record()
+
+    async def receive_raw(self, n_slots: int) -> RawFrame:
+        first_slot, batch, bits = await self._batch(n_slots)
+        phase = (
+            float(np.median(np.mod(batch["timestamp_ps"], self.period_ps))) if len(batch) else 0.0
         )
-        return detections_from_tags(
+        _, times, basis, bit = group_clicks(
+            batch, period_ps=self.period_ps, phase_ps=phase, bases=self._bases(), random_bits=bits
+        )
+        return RawFrame(first_slot, times, basis, bit)
+
+    async def receive_frame(self, frame: int, n_slots: int) -> Detections:
+        first_slot, batch, bits = await self._batch(n_slots)
+        clock, _, basis, bit = group_clicks(
             batch,
-            first_slot=first_slot,
-            n_slots=n_slots,
             period_ps=self.period_ps,
-            delay_ps=self.delay_ps,
-            random_bits=squash,
+            phase_ps=self.delay_ps,
+            bases=self._bases(),
+            random_bits=bits,
         )
+        slot = clock - first_slot
+        keep = (slot >= 0) & (slot < n_slots)
+        return Detections(slot=slot[keep], basis=basis[keep], bit=bit[keep])
 
     async def monitor(self) -> dict[str, float]:
         if not self.detectors:
