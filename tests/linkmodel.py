@@ -101,7 +101,7 @@ class _Rx:
     async def monitor(self) -> dict[str, float]:
         return {"bias_monitor_a": self.link.bias_monitor_a}
 
-    async def receive_raw(self, n_slots: int) -> RawFrame:
+    async def receive_raw(self, n_slots: int, max_offset_slots: int) -> RawFrame:
         """The model's clicks on a clock with a fixed delay of 7 slots and a 40 % phase."""
         pattern = await self.link.queue.get()
         det = self.link.detect(pattern)

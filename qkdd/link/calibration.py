@@ -48,7 +48,7 @@ class DelayEstimate:
 
     @property
     def found(self) -> bool:
-        return self.peak_z >= MIN_PEAK_Z
+        return bool(self.peak_z >= MIN_PEAK_Z)
 
 
 def _signed(
@@ -93,5 +93,5 @@ def find_delay(
     # At a wrong offset each detection adds ±1 at random (or 0 where the bases
     # differ), so the score has standard deviation at most √D: a score of z·√D is a
     # z-sigma event there (the max over 10^6 wrong offsets is about 5σ).
-    z = float(candidates[k]) / np.sqrt(u.size) if u.size else 0.0
+    z = float(candidates[k] / np.sqrt(u.size)) if u.size else 0.0
     return DelayEstimate(k * period_ps + phase_ps, k, phase_ps, z, int(u.size))

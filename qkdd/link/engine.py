@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -140,6 +140,7 @@ class LinkEngine:
         receiver: FrameReceiver | None = None,
         events: LinkEvents | None = None,
         executor: Executor | None = None,
+        on_fault: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if settings.role == "alice" and transmitter is None:
             raise ValueError("Alice needs a frame transmitter")
@@ -155,6 +156,7 @@ class LinkEngine:
         self.receiver = receiver
         self.events = events or LinkEvents()
         self.executor = executor
+        self._on_fault = on_fault
         self.alice = settings.role == "alice"
         self.machine = LinkStateMachine()
         self.machine.subscribe(self._log_transition)
@@ -325,6 +327,11 @@ class LinkEngine:
         if self.machine.can(S.FAULT):
             self._to(S.FAULT, f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(delay)
+        if self._on_fault is not None:
+            try:
+                await self._on_fault()  # e.g. reconnect the simulated fibre
+            except Exception as hook_exc:
+                _log.error("fault recovery failed", error=str(hook_exc))
         if self.machine.can(S.CONNECTING):
             self._to(S.CONNECTING, "retrying after a fault")
 
@@ -380,7 +387,8 @@ class LinkEngine:
                 start = await self.channel.expect(CalibrationStart, timeout)
                 if start.n_slots != n:
                     raise ProtocolViolation("calibration frame length differs")
-                raw = await self.receiver.receive_raw(n)
+                max_offset = round(_MAX_DELAY_S * self.protocol.slot_rate_hz)
+                raw = await self.receiver.receive_raw(n, max_offset)
                 pattern = calibration_pattern(bytes.fromhex(start.seed), n)
                 search = functools.partial(
                     find_delay,
@@ -390,7 +398,7 @@ class LinkEngine:
                     pattern,
                     first_slot=raw.first_slot,
                     period_ps=1e12 / self.protocol.slot_rate_hz,
-                    max_offset_slots=round(_MAX_DELAY_S * self.protocol.slot_rate_hz),
+                    max_offset_slots=max_offset,
                 )
                 est = await self._cpu(search)
                 if est.found:

@@ -47,8 +47,10 @@ class FrameReceiver(Protocol):
         """Readings the engine watches (detector photocurrent for blinding)."""
         ...
 
-    async def receive_raw(self, n_slots: int) -> RawFrame:
-        """The next frame's clicks without a delay applied (for calibration)."""
+    async def receive_raw(self, n_slots: int, max_offset_slots: int) -> RawFrame:
+        """The next frame's clicks without a delay applied (for calibration); Bob's slot
+        clock is re-based so the frame starts at most ``max_offset_slots`` before its
+        first click."""
         ...
 
     def set_delay(self, delay_ps: float) -> None: ...
@@ -164,9 +166,8 @@ def group_clicks(
         return empty, empty, empty.astype(np.uint8), empty.astype(np.uint8)
     times = tags["timestamp_ps"].astype(np.int64)
     channel = tags["channel"].astype(np.int64)
-    clock = np.rint((times.astype(np.float64) - phase_ps) / period_ps).astype(np.int64)
-    order = np.lexsort((times, clock))
-    times, channel, clock = times[order], channel[order], clock[order]
+    order = np.argsort(times, kind="stable")
+    times, channel = times[order], channel[order]
     if bases is not None:
         known = np.isin(channel, list(ACTIVE_WIRING))
         tag_bit = np.where(channel == 2, 1, 0).astype(np.uint8)
@@ -178,8 +179,11 @@ def group_clicks(
             table[ch] = (b, v)
         safe = np.where(known, channel, 0)
         tag_basis, tag_bit = table[safe, 0], table[safe, 1]
-    times, clock, tag_basis, tag_bit = times[known], clock[known], tag_basis[known], tag_bit[known]
-    slots, first, counts = np.unique(clock, return_index=True, return_counts=True)
+    times, tag_basis, tag_bit = times[known], tag_basis[known], tag_bit[known]
+    # One detection = tags closer than half a slot (jitter is far below that).
+    group = np.concatenate(([0], np.cumsum(np.diff(times) > period_ps / 2)))
+    _, first, counts = np.unique(group, return_index=True, return_counts=True)
+    slots = np.rint((times[first].astype(np.float64) - phase_ps) / period_ps).astype(np.int64)
     basis = tag_basis[first].copy()
     bit = tag_bit[first].copy()
     if bases is not None:
@@ -191,10 +195,10 @@ def group_clicks(
         if random_bits.size < 2 * multi.size:
             raise ValueError("not enough random bits to squash multi-clicks")
         for j, m in enumerate(multi):
-            group = slice(first[m], first[m] + counts[m])
-            if bases is None and np.unique(tag_basis[group]).size > 1:
+            members = slice(first[m], first[m] + counts[m])
+            if bases is None and np.unique(tag_basis[members]).size > 1:
                 basis[m] = random_bits[2 * j]
-            if np.unique(tag_bit[group]).size > 1 or bases is None:
+            if np.unique(tag_bit[members]).size > 1:
                 bit[m] = random_bits[2 * j + 1]
     return slots, times[first], basis, bit
 
@@ -246,8 +250,18 @@ class InstrumentReceiver:
     def _bases(self) -> npt.NDArray[np.uint8] | None:
         return None if self.basis_record is None else self.basis_record()
 
-    async def receive_raw(self, n_slots: int) -> RawFrame:
+    def reset(self) -> None:
+        """Forget the tag stream (after the simulated fibre or the tagger reconnected)."""
+        self._stream = None
+
+    async def receive_raw(self, n_slots: int, max_offset_slots: int) -> RawFrame:
         first_slot, batch, bits = await self._batch(n_slots)
+        if len(batch):
+            # Bob's clock has no relation to Alice's slot counter before calibration:
+            # put the frame's start at most max_offset_slots before the first click.
+            first_click = int(batch["timestamp_ps"].min())
+            first_slot = int(first_click // self.period_ps) - max_offset_slots
+            self._next_slot = first_slot + n_slots
         phase = (
             float(np.median(np.mod(batch["timestamp_ps"], self.period_ps))) if len(batch) else 0.0
         )
