@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ from qkdd.instruments.registry import (
     close_instruments,
     open_instruments,
 )
+from qkdd.instruments.twins.fibre import FibreError
+from qkdd.instruments.twins.link import SimulatedLinkEnd, attach_simulated_link
 from qkdd.link.engine import EngineSettings, LinkEngine
 from qkdd.link.events import LinkEvents
 from qkdd.link.keys import BlockKeys
@@ -53,6 +56,7 @@ from qkdd.link.quantum import (
 )
 from qkdd.link.standard import StandardPostProcessing
 from qkdd.logging import configure_logging, get_logger
+from qkdd.physics.link import LinkParameters
 from qkdd.store import StateStore, StoreError
 
 _log = get_logger("daemon")
@@ -110,7 +114,9 @@ def _all(opened: list[OpenedInstrument], kind: InstrumentClass) -> list[Any]:
 
 
 def quantum_path(
-    config: NodeConfig, opened: list[OpenedInstrument]
+    config: NodeConfig,
+    opened: list[OpenedInstrument],
+    basis_record: Callable[[], Any] | None = None,
 ) -> tuple[FrameTransmitter | None, FrameReceiver | None, RandomSource]:
     """The engine's quantum path from this node's instruments (interfaces only)."""
     rng = _first(opened, InstrumentClass.RANDOM_SOURCE)
@@ -133,8 +139,122 @@ def quantum_path(
     detectors = [
         d for d in _all(opened, InstrumentClass.DETECTOR) if isinstance(d, SinglePhotonDetector)
     ]
-    rx = InstrumentReceiver(tagger, rng, slot_rate_hz=p.slot_rate_hz, detectors=detectors)
+    rx = InstrumentReceiver(
+        tagger, rng, slot_rate_hz=p.slot_rate_hz, detectors=detectors, basis_record=basis_record
+    )
     return None, rx, rng
+
+
+class SimulatedLink:
+    """This node's end of the simulated link (twins ↔ fibre), re-attached after a fault
+    (the other end restarted, so the fibre connection is new)."""
+
+    def __init__(self, config: NodeConfig, opened: list[OpenedInstrument]) -> None:
+        assert config.simulation is not None
+        self.config = config
+        self.sim = config.simulation
+        self.instruments = [i.instrument for i in opened if i.instrument is not None]
+        p = config.protocol
+        self.parameters = LinkParameters(
+            slot_rate_hz=p.slot_rate_hz,
+            p_key=p.p_key_basis,
+            mu=p.intensities.mu,
+            p_class=p.intensities.probabilities,
+        )
+        self.end: SimulatedLinkEnd | None = None
+        self.receiver: InstrumentReceiver | None = None
+
+    async def recover(self, exc: Exception) -> None:
+        """After a fault: re-attach only if the fibre itself broke (the other end
+        restarted); any other fault leaves it as it is."""
+        if isinstance(exc, (OSError, StopAsyncIteration, FibreError, EOFError)):
+            _log.info("re-attaching the simulated fibre", error=type(exc).__name__)
+            await self.attach()
+
+    async def attach(self) -> None:
+        if self.end is not None:
+            await self.end.close()
+        self.end = await attach_simulated_link(
+            self.config.node.role.value,
+            self.instruments,
+            self.sim,
+            self.parameters,
+            link_id=self.config.node.link,
+            connect_timeout_s=60.0,
+        )
+        if self.receiver is not None:
+            self.receiver.reset()
+
+    def basis_record(self) -> Any:
+        if self.end is None or self.end.receiver is None:
+            raise DaemonError("no simulated receiver attached")
+        return self.end.receiver.bob_basis_record()[1]
+
+    @property
+    def active_basis(self) -> bool:
+        return self.sim.receiver.basis_choice.value == "active"
+
+    def set_eavesdropper(self, spec: str) -> str:
+        if self.end is None or self.end.receiver is None:
+            raise ValueError("the eavesdropper acts on the light at Bob's receiver: use Bob's node")
+        self.end.set_eavesdropper(spec)
+        eve = self.end.receiver.eve
+        return f"{eve.model.value}:{eve.fraction:g}"
+
+    async def close(self) -> None:
+        if self.end is not None:
+            await self.end.close()
+            self.end = None
+
+
+CONTROL_SOCKET = "control.sock"
+
+
+class ControlServer:
+    """A local control socket (0600, in the state directory), only for simulated links:
+    ``eve MODEL[:f]`` switches the eavesdropper, ``status`` answers the link status."""
+
+    def __init__(self, path: Path, link: SimulatedLink, status: Callable[[], str]) -> None:
+        self.path = path
+        self.link = link
+        self.status = status
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        os.chmod(self.path, 0o600)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 5)).decode(errors="replace").strip()
+            command, _, argument = line.partition(" ")
+            if command == "eve":
+                try:
+                    now = self.link.set_eavesdropper(argument.strip() or "none")
+                    _log.warning("eavesdropper switched", eavesdropper=now)
+                    reply = f"ok eve {now}"
+                except ValueError as exc:
+                    reply = f"error {exc}"
+            elif command == "status":
+                reply = f"ok {self.status()}"
+            else:
+                reply = "error commands: eve MODEL[:FRACTION] | status"
+            writer.write(reply.encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
 
 @dataclass
@@ -160,6 +280,8 @@ class Daemon:
         opened: list[OpenedInstrument] = []
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qkdd-post")
         session: AuthSession | None = None
+        sim_link: SimulatedLink | None = None
+        control: ControlServer | None = None
         try:
             try:
                 load_auth_state(store, role=cfg.node.role.value, link=cfg.node.link)
@@ -173,7 +295,19 @@ class Daemon:
             if unusable:
                 raise DaemonError("instruments unusable: " + "; ".join(unusable))
             simulated = any(i.backend is BackendUsed.SIMULATED for i in opened)
-            tx, rx, rng = quantum_path(cfg, opened)
+            basis_record = None
+            if cfg.simulation is not None and simulated:
+                sim_link = SimulatedLink(cfg, opened)
+                await sim_link.attach()
+                if sim_link.active_basis:
+                    basis_record = sim_link.basis_record
+            tx, rx, rng = quantum_path(cfg, opened, basis_record)
+            if sim_link is not None and isinstance(rx, InstrumentReceiver):
+                sim_link.receiver = rx
+                control = ControlServer(
+                    cfg.node.state_dir / CONTROL_SOCKET, sim_link, self._status_text
+                )
+                await control.start()
             post = self.post
             if post is None:
                 standard = StandardPostProcessing()
@@ -190,6 +324,9 @@ class Daemon:
                 protocol=cfg.protocol,
                 peer=cfg.peer,
                 simulated=simulated,
+                simulation=(
+                    cfg.simulation.model_dump(mode="json") if cfg.simulation is not None else None
+                ),
             )
             keys = BlockKeys(store, session, link=cfg.node.link, slots=cfg.peer.consumer_slots)
             self.engine = LinkEngine(
@@ -202,6 +339,7 @@ class Daemon:
                 receiver=rx,
                 events=self.events,
                 executor=executor,
+                on_fault=sim_link.recover if sim_link is not None else None,
             )
             _log.info(
                 "node starting",
@@ -220,6 +358,10 @@ class Daemon:
         finally:
             self.notifier.notify(stopping=1, status="stopping")
             self._remove_signals()
+            if control is not None:
+                await control.close()
+            if sim_link is not None:
+                await sim_link.close()
             await close_instruments(opened)
             executor.shutdown(wait=True, cancel_futures=True)
             if session is not None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qkdd.cli import EXIT_FAILURE, EXIT_USAGE
+from qkdd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: Any) -> None:
@@ -22,6 +22,18 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("-c", "--config", required=True, type=Path, help="node config (TOML)")
     parser.set_defaults(func=run_daemon)
+    eve = subparsers.add_parser(
+        "eve",
+        help="switch the simulated eavesdropper of a running link (simulation only)",
+        description=(
+            "Talk to a running simulated node's control socket (in its state directory; "
+            "the eavesdropper acts on Bob's receiver, so give Bob's config). MODEL is none, "
+            "intercept-resend, biased-intercept-resend, pns or blinding, optionally :FRACTION."
+        ),
+    )
+    eve.add_argument("-c", "--config", required=True, type=Path, help="Bob's node config")
+    eve.add_argument("model", help="MODEL[:FRACTION], or 'status'")
+    eve.set_defaults(func=control_eve)
 
 
 def run_daemon(args: argparse.Namespace) -> int:
@@ -47,3 +59,38 @@ def run_daemon(args: argparse.Namespace) -> int:
     except DaemonError as exc:
         print(f"qkdd run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def control_eve(args: argparse.Namespace) -> int:
+    import socket
+
+    from qkdd.config import ConfigError, load_config
+    from qkdd.daemon import CONTROL_SOCKET
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"qkdd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not config.node.allow_simulated or config.simulation is None:
+        print("qkdd eve: this node is not a simulated link", file=sys.stderr)
+        return EXIT_USAGE
+    if config.node.role.value != "bob" and args.model != "status":
+        print(
+            "qkdd eve: the eavesdropper acts on the light at Bob's receiver: give Bob's config",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    path = config.node.state_dir / CONTROL_SOCKET
+    command = "status" if args.model == "status" else f"eve {args.model}"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(command.encode() + b"\n")
+            reply = sock.makefile().readline().strip()
+    except OSError as exc:
+        print(f"qkdd eve: no running node answers at {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(reply)
+    return EXIT_OK if reply.startswith("ok") else EXIT_FAILURE

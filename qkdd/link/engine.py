@@ -140,7 +140,7 @@ class LinkEngine:
         receiver: FrameReceiver | None = None,
         events: LinkEvents | None = None,
         executor: Executor | None = None,
-        on_fault: Callable[[], Awaitable[None]] | None = None,
+        on_fault: Callable[[Exception], Awaitable[None]] | None = None,
     ) -> None:
         if settings.role == "alice" and transmitter is None:
             raise ValueError("Alice needs a frame transmitter")
@@ -329,7 +329,7 @@ class LinkEngine:
         await asyncio.sleep(delay)
         if self._on_fault is not None:
             try:
-                await self._on_fault()  # e.g. reconnect the simulated fibre
+                await self._on_fault(exc)  # e.g. reconnect the simulated fibre
             except Exception as hook_exc:
                 _log.error("fault recovery failed", error=str(hook_exc))
         if self.machine.can(S.CONNECTING):

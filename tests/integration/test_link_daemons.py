@@ -1,0 +1,162 @@
+"""Two real ``qkdd run`` processes from the example configs (config/alice.toml and
+config/bob.toml, moved to a temporary directory): identical keys at both ends, the
+eavesdropper switched at run time, a peer killed mid-block and during the commit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemonpair import Proc, free_port, keys_json, processes, qkdd, start, wait_for
+from tests.exampleconfigs import example_configs
+
+LINK = "link1"
+
+
+def _reconciliation() -> None:
+    pytest.importorskip(
+        "qkdd.postprocessing.reconciliation", reason="needs the reconciliation modules"
+    )
+
+
+def _init(tmp: Path) -> None:
+    out = qkdd(
+        "init-secret",
+        "--link",
+        LINK,
+        "--alice-dir",
+        str(tmp / "alice"),
+        "--bob-dir",
+        str(tmp / "bob"),
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def _events(proc: Proc, event: str) -> list[dict[str, Any]]:
+    return [r for r in proc.log_lines() if r.get("event") == event]
+
+
+def _alarms(proc: Proc, kind: str, active: bool = True) -> list[dict[str, Any]]:
+    name = "alarm" if active else "alarm cleared"
+    return [r for r in _events(proc, name) if r.get("kind") == kind]
+
+
+def _committed(config: Path) -> dict[str, str]:
+    return {k["key_id"]: k["key"] for k in keys_json(config)["keys"] if k["state"] == "committed"}
+
+
+def _tail(*procs: Proc) -> str:
+    return "\n".join(p.log.read_text()[-3000:] for p in procs)
+
+
+def _start_pair(tmp: Path) -> Iterator[tuple[dict[str, Path], Proc, Proc]]:
+    _init(tmp)
+    configs = example_configs(tmp, free_port())
+    with processes() as procs:
+        alice = start("alice", configs["alice"], tmp)
+        bob = start("bob", configs["bob"], tmp)
+        procs += [alice, bob]
+        yield configs, alice, bob
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[dict[str, Path], Proc, Proc]]:
+    yield from _start_pair(tmp_path)
+
+
+def _stop(*procs: Proc) -> None:
+    for p in procs:
+        if p.popen.poll() is None:
+            p.signal(signal.SIGTERM)
+    for p in procs:
+        assert p.wait(20) == 0
+
+
+def _blocks_committed(proc: Proc) -> int:
+    return len(_events(proc, "block committed"))
+
+
+@pytest.mark.acceptance
+def test_example_configs_produce_identical_keys(pair: tuple[dict[str, Path], Proc, Proc]) -> None:
+    _reconciliation()
+    configs, alice, bob = pair
+    t0 = time.monotonic()
+    assert wait_for(lambda: _blocks_committed(bob) >= 2, 180), _tail(alice, bob)
+    elapsed = time.monotonic() - t0
+    _stop(alice, bob)
+    ka, kb = _committed(configs["alice"]), _committed(configs["bob"])
+    assert ka and ka == kb
+    bits = sum(k["bits"] for k in keys_json(configs["alice"], reveal=False)["keys"])
+    rate = bits / elapsed
+    print(f"delivered secret bits per second: {rate:.0f} ({bits} bits in {elapsed:.1f} s)")
+
+
+@pytest.mark.acceptance
+def test_eavesdropper_switched_at_run_time(pair: tuple[dict[str, Path], Proc, Proc]) -> None:
+    configs, alice, bob = pair
+    assert wait_for(
+        lambda: any("frame" in str(r.get("reason", "")) for r in bob.log_lines()), 60
+    ), _tail(alice, bob)
+    out = qkdd("eve", "-c", str(configs["bob"]), "intercept-resend:1")
+    assert out.returncode == 0 and out.stdout.startswith("ok eve intercept-resend"), out
+    assert wait_for(lambda: _alarms(alice, "qber_high") and _alarms(bob, "qber_high"), 60), _tail(
+        alice, bob
+    )
+    wrong = qkdd("eve", "-c", str(configs["alice"]), "none")
+    assert wrong.returncode == 2 and "Bob" in wrong.stderr
+    out = qkdd("eve", "-c", str(configs["bob"]), "none")
+    assert out.returncode == 0, out
+    assert wait_for(
+        lambda: _alarms(alice, "qber_high", active=False) and _alarms(bob, "qber_high", False), 60
+    ), _tail(alice, bob)
+    _stop(alice, bob)
+
+
+@pytest.mark.acceptance
+@pytest.mark.parametrize(
+    ("victim", "moment"),
+    [
+        ("bob", "link state"),  # mid-block, during a frame
+        ("alice", "link state"),
+        ("bob", "prepare"),  # during the commit
+        ("alice", "prepare"),
+    ],
+)
+def test_peer_killed_leaves_no_key_at_one_end(tmp_path: Path, victim: str, moment: str) -> None:
+    _reconciliation()
+    _init(tmp_path)
+    configs = example_configs(tmp_path, free_port())
+    with processes() as procs:
+        nodes = {r: start(r, configs[r], tmp_path) for r in ("alice", "bob")}
+        procs += list(nodes.values())
+        target = nodes[victim]
+
+        def at_moment() -> bool:
+            lines = target.log_lines()
+            if moment == "prepare":
+                return any(str(r.get("reason", "")).endswith("transcripts verified") for r in lines)
+            return any("frame 2" in str(r.get("reason", "")) for r in lines)
+
+        assert wait_for(at_moment, 120, step=0.01), _tail(*nodes.values())
+        target.kill()
+        time.sleep(1.0)
+        nodes[victim] = start(victim, configs[victim], tmp_path)
+        procs.append(nodes[victim])
+        survivor = nodes["bob" if victim == "alice" else "alice"]
+        assert wait_for(lambda: _blocks_committed(nodes["bob"]) >= 1, 180), _tail(*nodes.values())
+        _stop(nodes["alice"], nodes["bob"])
+        del survivor
+    ka, kb = _committed(configs["alice"]), _committed(configs["bob"])
+    assert ka == kb
+    for role in ("alice", "bob"):
+        pending = [
+            k for k in keys_json(configs[role], reveal=False)["keys"] if k["state"] == "pending"
+        ]
+        assert pending == []
+    assert json.dumps(ka)  # material present at both ends, identical
