@@ -79,6 +79,7 @@ _AB = Direction.ALICE_TO_BOB
 _BA = Direction.BOB_TO_ALICE
 _BLINDING_PHOTOCURRENT_A = 1e-4
 _CALIBRATION_ATTEMPTS = 3
+_CALIBRATION_SLOTS = 1 << 20
 _MAX_DELAY_S = (
     2e-3  # longest fibre delay searched: 400 km  # dark current is ~1 µA; blinding light gives mA
 )
@@ -372,7 +373,8 @@ class LinkEngine:
     async def _calibrate(self) -> None:
         """Find the delay between Alice's slots and Bob's tags (repeated on failure)."""
         timeout = self.settings.peer.receive_timeout_s
-        n = self.settings.frame_slots
+        # A short frame is enough (thousands of clicks) and keeps the search cheap.
+        n = min(self.settings.frame_slots, _CALIBRATION_SLOTS)
         for attempt in range(_CALIBRATION_ATTEMPTS):
             if self.alice:
                 assert self.transmitter is not None
