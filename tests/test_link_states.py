@@ -80,3 +80,13 @@ def test_random_walks_obey_the_table(targets: list[LinkState]) -> None:
                 machine.to(target, "walk")
             assert machine.state is before
     assert len(machine.history) <= 256
+
+
+def test_abandoned_block_after_the_frames_starts_afresh() -> None:
+    from qkdd.link.states import LinkState as S
+    from qkdd.link.states import LinkStateMachine
+
+    for stage in (S.ESTIMATE, S.RECONCILE, S.VERIFY, S.AMPLIFY):
+        m = LinkStateMachine(stage)
+        m.to(S.TRANSMIT, "verification failed: fresh block")
+        assert m.state is S.TRANSMIT

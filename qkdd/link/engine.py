@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -684,8 +685,8 @@ class LinkEngine:
         # Before disclosing anything: is there any key at all without leakage?
         await self._cpu(self._check_stats, stats, 0, tag_bits)
         self._to(S.RECONCILE, f"block {block_id}: reconciling {sifted.size} bits")
-        party = self.post.reconciler(role, sifted, max(stats.test_qber, 1e-3))
-        message = party.start()
+        party = self.post.reconciler(role, sifted, _qber_for_reconciliation(stats))
+        message = await self._cpu(party.start)
         if message is not None:
             await self.channel.send(_recon_to_wire(block_id, message))
         while not party.finished:
@@ -696,9 +697,14 @@ class LinkEngine:
             if reply is not None:
                 await self.channel.send(_recon_to_wire(block_id, reply))
         outcome = party.result()
-        if not outcome.success:
-            raise BlockAborted("reconciliation failed")
         corrected = outcome.key
+        # Frames the reconciler gave up are dropped at both ends; their bits leave the
+        # key, and ℓ loses as many (removing d bits costs at most d bits of min-entropy).
+        dropped = int(sifted.size - corrected.size)
+        if corrected.size == 0:
+            raise BlockAborted("reconciliation failed: no frame decoded")
+        if not outcome.success:
+            _log.warning("reconciliation dropped frames", block_id=block_id, dropped_bits=dropped)
         self._to(S.VERIFY, f"block {block_id}: λ_EC = {outcome.leaked_bits}")
         tag_bits = self.post.verification_tag_bits(max(1, corrected.size), self.protocol.eps_cor)
         if self.alice:
@@ -722,7 +728,13 @@ class LinkEngine:
             await self.channel.send(VerificationResult(block_id=block_id, equal=equal))
         if not equal:
             raise BlockAborted("verification failed: the reconciled keys differ", local=False)
-        ell = await self._cpu(self._check_stats, stats, outcome.leaked_bits, tag_bits)
+        ell = await self._cpu(self._check_stats, stats, outcome.leaked_bits, tag_bits) - dropped
+        if ell <= 0:
+            raise BlockAborted(
+                f"no secret key after dropped frames (ℓ = {ell})",
+                AlarmKind.KEY_LENGTH_ZERO,
+                local=False,
+            )
         self._to(S.AMPLIFY, f"block {block_id}: ℓ = {ell}")
         if self.alice:
             nbits = self.post.amplification_seed_bits(corrected.size, ell)
@@ -831,6 +843,14 @@ class LinkEngine:
             "keys_stored": len(self.keys.keys.list(KeyState.COMMITTED)),
             "alarms": sorted(str(a) for a in self.active_alarms),
         }
+
+
+def _qber_for_reconciliation(stats: BlockStatistics) -> float:
+    """The public QBER the reconciler plans with: the test-basis estimate plus three
+    standard errors (an underestimate makes decoding fail and frames drop)."""
+    n = max(stats.n_test, 1)
+    q = stats.test_qber
+    return float(min(0.5, max(q + 3.0 * math.sqrt(max(q, 1e-3) * (1 - q) / n), 1e-3)))
 
 
 def _alarm_of(reason: str) -> AlarmKind | None:

@@ -168,7 +168,7 @@ class BlockKeys:
         authentication streams; returns the number of keys now deliverable."""
         count = self.keys.commit_block(block_id)
         self._replenish(block_id)
-        _log.info("block committed", block_id=block_id, keys=count)
+        _log.info("block committed", block_id=block_id, key_count=count)
         return count
 
     def abort(self, block_id: int, reason: str) -> None:

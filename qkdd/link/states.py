@@ -49,10 +49,12 @@ TRANSITIONS: dict[LinkState, frozenset[LinkState]] = {
     S.TRANSMIT: frozenset({S.SIFT}) | _INTERRUPTS,
     # After sifting a frame: the next frame, or the block of N pulses is complete.
     S.SIFT: frozenset({S.TRANSMIT, S.ESTIMATE, S.CALIBRATING}) | _INTERRUPTS,
-    S.ESTIMATE: frozenset({S.RECONCILE}) | _INTERRUPTS,
-    S.RECONCILE: frozenset({S.VERIFY}) | _INTERRUPTS,
-    S.VERIFY: frozenset({S.AMPLIFY}) | _INTERRUPTS,
-    S.AMPLIFY: frozenset({S.COMMIT}) | _INTERRUPTS,
+    # After the last frame a block may still be abandoned without an alarm (the
+    # reconciled keys differ, the peer gave up): straight to a fresh block.
+    S.ESTIMATE: frozenset({S.RECONCILE, S.TRANSMIT}) | _INTERRUPTS,
+    S.RECONCILE: frozenset({S.VERIFY, S.TRANSMIT}) | _INTERRUPTS,
+    S.VERIFY: frozenset({S.AMPLIFY, S.TRANSMIT}) | _INTERRUPTS,
+    S.AMPLIFY: frozenset({S.COMMIT, S.TRANSMIT}) | _INTERRUPTS,
     S.COMMIT: frozenset({S.TRANSMIT, S.CALIBRATING}) | _INTERRUPTS,
     # ALARM clears into a fresh block, or recalibrates.
     S.ALARM: frozenset({S.TRANSMIT, S.CALIBRATING, S.CONNECTING, S.FAULT, S.PAUSED, S.STOPPING}),
