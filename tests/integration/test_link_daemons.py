@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,43 @@ def test_example_configs_produce_identical_keys(pair: tuple[dict[str, Path], Pro
     ka, kb = _committed(configs["alice"]), _committed(configs["bob"])
     assert ka and ka == kb
     bits = sum(k["bits"] for k in keys_json(configs["alice"], reveal=False)["keys"])
-    rate = bits / elapsed
-    print(f"delivered secret bits per second: {rate:.0f} ({bits} bits in {elapsed:.1f} s)")
+    print(
+        f"delivered secret bits per second: {bits / elapsed:.0f} ({bits} bits in {elapsed:.1f} s)"
+    )
+    # Per pulse, next to the finite-key prediction of `qkdd keyrate` for the same link
+    # (keyrate models no dead time, so it expects more clicks than the simulator).
+    cfg = tomllib.loads(configs["alice"].read_text())
+    proto, sim = cfg["protocol"], cfg["simulation"]
+    ells = [
+        int(str(r["reason"]).rsplit("= ", 1)[1])
+        for r in alice.log_lines()
+        if r.get("event") == "link state" and r.get("target") == "AMPLIFY"
+    ]
+    sifted = [
+        int(str(r["reason"]).split(": ")[1].split()[0])
+        for r in alice.log_lines()
+        if r.get("event") == "link state" and r.get("target") == "ESTIMATE"
+    ]
+    mu, probs = proto["intensities"]["mu"], proto["intensities"]["probabilities"]
+    predicted = qkdd(
+        "keyrate", "--json", "--distances", str(sim["channel"]["distance_km"]),
+        "--eta-bob", str(sim["detectors"]["efficiency"]),
+        "--dark-count", str(sim["detectors"]["dark_count"]),
+        "--misalignment", str(sim["channel"]["misalignment"]),
+        "--block-size", str(sifted[0]), "--mu1", str(mu[0]), "--mu2", str(mu[1]),
+        "--mu3", str(mu[2]), "--p-mu1", str(probs[0]), "--p-mu2", str(probs[1]),
+        "--p-key", str(proto["p_key_basis"]),
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    per_pulse = json.loads(predicted.stdout)[0]["rate_per_pulse"]
+    measured = sum(ells) / (len(ells) * proto["block_pulses"])
+    print(
+        f"secret bits per pulse: measured {measured:.3g} over {len(ells)} blocks, "
+        f"qkdd keyrate predicts {per_pulse:.3g}; at {proto['slot_rate_hz']:.0e} pulses/s "
+        f"that is {measured * proto['slot_rate_hz']:.3g} vs "
+        f"{per_pulse * proto['slot_rate_hz']:.3g} bit/s"
+    )
+    assert 0 < measured <= per_pulse
 
 
 @pytest.mark.acceptance
