@@ -18,7 +18,8 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from qkdd.instruments.registry import (
 )
 from qkdd.instruments.twins.fibre import FibreError
 from qkdd.instruments.twins.link import SimulatedLinkEnd, attach_simulated_link
-from qkdd.link.engine import EngineSettings, LinkEngine
+from qkdd.link.engine import EngineSettings, InstrumentSilent, LinkEngine
 from qkdd.link.events import LinkEvents
 from qkdd.link.keys import BlockKeys
 from qkdd.link.postprocess import PostProcessing
@@ -167,13 +168,15 @@ class SimulatedLink:
     async def recover(self, exc: Exception) -> None:
         """After a fault: re-attach only if the fibre itself broke (the other end
         restarted); any other fault leaves it as it is."""
-        if isinstance(exc, (OSError, StopAsyncIteration, FibreError, EOFError)):
+        if isinstance(exc, (OSError, StopAsyncIteration, FibreError, EOFError, InstrumentSilent)):
             _log.info("re-attaching the simulated fibre", error=type(exc).__name__)
             await self.attach()
 
     async def attach(self) -> None:
         if self.end is not None:
-            await self.end.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.end.close(), 5)
+            self.end = None
         self.end = await attach_simulated_link(
             self.config.node.role.value,
             self.instruments,
@@ -358,12 +361,16 @@ class Daemon:
         finally:
             self.notifier.notify(stopping=1, status="stopping")
             self._remove_signals()
+            # Every step bounded: a peer or fibre that stopped reading must not hold
+            # the process after SIGTERM.
             if control is not None:
-                await control.close()
+                await _bounded(control.close())
             if sim_link is not None:
-                await sim_link.close()
-            await close_instruments(opened)
-            executor.shutdown(wait=True, cancel_futures=True)
+                await _bounded(sim_link.close())
+            await _bounded(close_instruments(opened))
+            # A reconciliation running in the worker cannot be interrupted; nothing in it
+            # touches the store, so the process need not wait for it (see run_node).
+            executor.shutdown(wait=False, cancel_futures=True)
             if session is not None:
                 session.close()
             store.close()
@@ -440,6 +447,13 @@ class Daemon:
         self.notifier.notify(ready=1, status=self._status_text())
 
 
+async def _bounded(step: Awaitable[Any], seconds: float = 3.0) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except Exception as exc:  # shutting down: note it and go on
+        _log.warning("shutdown step did not finish", error=f"{type(exc).__name__}: {exc}")
+
+
 def run_node(config: NodeConfig, config_path: Path, **daemon_args: Any) -> int:
     """Run a node until SIGTERM; returns the exit code."""
     daemon = Daemon(config, config_path, **daemon_args)
@@ -448,3 +462,12 @@ def run_node(config: NodeConfig, config_path: Path, **daemon_args: Any) -> int:
     except DaemonError as exc:
         _log.error("node cannot run", error=str(exc))
         raise
+
+
+def exit_now(code: int) -> None:
+    """End the process without waiting for a post-processing thread still computing
+    (the store is closed and every durable step is done: the work is thrown away)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

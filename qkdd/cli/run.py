@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 def run_daemon(args: argparse.Namespace) -> int:
     from qkdd.cli.common import load_checked_config, print_config_error
     from qkdd.config import ConfigError
-    from qkdd.daemon import DaemonError, run_node
+    from qkdd.daemon import DaemonError, exit_now, run_node
     from qkdd.logging import configure_logging
 
     try:
@@ -55,10 +55,12 @@ def run_daemon(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging(config.logging.level, json=config.logging.json_lines)
     try:
-        return run_node(config, args.config)
+        code = run_node(config, args.config)
     except DaemonError as exc:
         print(f"qkdd run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    exit_now(code)
+    return code
 
 
 def control_eve(args: argparse.Namespace) -> int:

@@ -183,8 +183,8 @@ class PeerChannel:
         if conn is not None:
             _log.info("peer connection closed", reason=reason)
             conn.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await conn.writer.wait_closed()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(conn.writer.wait_closed(), 2)
 
     async def close(self) -> None:
         await self.drop("channel closed")

@@ -113,6 +113,10 @@ class EngineSettings:
         return [f] * full + ([rest] if rest else [])
 
 
+class InstrumentSilent(RuntimeError):
+    """An instrument did not answer in time (fault ``device_fault``, retried)."""
+
+
 class CalibrationFailed(RuntimeError):
     """No calibration frame showed a clear delay (a fault: retried with back-off)."""
 
@@ -269,6 +273,16 @@ class LinkEngine:
         self._finish_block = finish_block
         self._stop.set()
 
+    async def _instrument(self, call: Awaitable[T]) -> T:
+        """An instrument call, bounded: one that stops answering is a fault."""
+        try:
+            async with asyncio.timeout(self.settings.peer.receive_timeout_s):
+                return await call
+        except TimeoutError:
+            raise InstrumentSilent(
+                f"no answer from the instruments within {self.settings.peer.receive_timeout_s} s"
+            ) from None
+
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """CPU-bound work in the bounded executor, so the loop stays responsive."""
         loop = asyncio.get_running_loop()
@@ -296,6 +310,8 @@ class LinkEngine:
                     except ResyncExhaustedError:
                         raise
                     except Exception as exc:
+                        if self._stop.is_set():
+                            break
                         await self._fault(exc, fault_delay)
                         fault_delay = min(2 * fault_delay, self.settings.peer.backoff_max_s)
                     continue
@@ -315,7 +331,10 @@ class LinkEngine:
             await self._abandon_current("node stopping")
             if self.machine.can(S.STOPPING):
                 self._to(S.STOPPING, "stop requested")
-            await self.channel.close()
+            try:
+                await asyncio.wait_for(self.channel.close(), 3)
+            except Exception as exc:
+                _log.warning("peer channel did not close cleanly", error=type(exc).__name__)
             if self.machine.can(S.STOPPED):
                 self._to(S.STOPPED, "stopped")
 
@@ -328,14 +347,30 @@ class LinkEngine:
         self._raise_alarm(AlarmKind.DEVICE_FAULT, {"retry_in_s": delay})
         if self.machine.can(S.FAULT):
             self._to(S.FAULT, f"{type(exc).__name__}: {exc}")
+        # Waiting and recovering give way to a stop request at once.
+        recovery = asyncio.ensure_future(self._recover(exc, delay))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({recovery, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (recovery, stopper):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._stop.is_set():
+            return
+        if self.machine.can(S.CONNECTING):
+            self._to(S.CONNECTING, "retrying after a fault")
+
+    async def _recover(self, exc: Exception, delay: float) -> None:
         await asyncio.sleep(delay)
         if self._on_fault is not None:
             try:
-                await self._on_fault(exc)  # e.g. reconnect the simulated fibre
+                # e.g. reconnect the simulated fibre
+                await asyncio.wait_for(
+                    self._on_fault(exc), 2 * self.settings.peer.receive_timeout_s
+                )
             except Exception as hook_exc:
                 _log.error("fault recovery failed", error=str(hook_exc))
-        if self.machine.can(S.CONNECTING):
-            self._to(S.CONNECTING, "retrying after a fault")
 
     async def _session_loop(self) -> None:
         """One connection's life: connect, recover decisions, then blocks until lost."""
@@ -383,7 +418,7 @@ class LinkEngine:
                 await self.channel.send(
                     CalibrationStart(seed=seed.hex(), n_slots=n, attempt=attempt)
                 )
-                await self.transmitter.send_pattern(calibration_pattern(seed, n))
+                await self._instrument(self.transmitter.send_pattern(calibration_pattern(seed, n)))
                 result = await self.channel.expect(Calibrated, timeout)
             else:
                 assert self.receiver is not None
@@ -391,7 +426,7 @@ class LinkEngine:
                 if start.n_slots != n:
                     raise ProtocolViolation("calibration frame length differs")
                 max_offset = round(_MAX_DELAY_S * self.protocol.slot_rate_hz)
-                raw = await self.receiver.receive_raw(n, max_offset)
+                raw = await self._instrument(self.receiver.receive_raw(n, max_offset))
                 pattern = calibration_pattern(bytes.fromhex(start.seed), n)
                 search = functools.partial(
                     find_delay,
@@ -571,7 +606,7 @@ class LinkEngine:
         key_parts: list[np.ndarray] = []
         for frame, n_slots in enumerate(sizes):
             self._to(S.TRANSMIT, f"block {block_id} frame {frame}")
-            pattern = await self.transmitter.send_frame(frame, n_slots)
+            pattern = await self._instrument(self.transmitter.send_frame(frame, n_slots))
             report = await self.channel.expect(DetectionReport, timeout)
             if report.block_id != block_id or report.frame != frame:
                 raise ProtocolViolation("detection report for another frame")
@@ -612,8 +647,8 @@ class LinkEngine:
         key_parts: list[np.ndarray] = []
         for frame, n_slots in enumerate(sizes):
             self._to(S.TRANSMIT, f"block {block_id} frame {frame}")
-            detections = await self.receiver.receive_frame(frame, n_slots)
-            monitor = await self.receiver.monitor()
+            detections = await self._instrument(self.receiver.receive_frame(frame, n_slots))
+            monitor = await self._instrument(self.receiver.monitor())
             await self.channel.send(_bob_report(block_id, frame, detections))
             if monitor.get("bias_monitor_a", 0.0) > _BLINDING_PHOTOCURRENT_A:
                 raise BlockAborted(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
@@ -76,7 +77,10 @@ def _stop(*procs: Proc) -> None:
         if p.popen.poll() is None:
             p.signal(signal.SIGTERM)
     for p in procs:
-        assert p.wait(20) == 0
+        try:
+            assert p.wait(20) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{p.role} did not stop:\n{_tail(p)}") from None
 
 
 def _blocks_committed(proc: Proc) -> int:
@@ -84,6 +88,7 @@ def _blocks_committed(proc: Proc) -> int:
 
 
 @pytest.mark.acceptance
+@pytest.mark.timeout(600)
 def test_example_configs_produce_identical_keys(pair: tuple[dict[str, Path], Proc, Proc]) -> None:
     _reconciliation()
     configs, alice, bob = pair
@@ -134,6 +139,7 @@ def test_example_configs_produce_identical_keys(pair: tuple[dict[str, Path], Pro
 
 
 @pytest.mark.acceptance
+@pytest.mark.timeout(600)
 def test_eavesdropper_switched_at_run_time(pair: tuple[dict[str, Path], Proc, Proc]) -> None:
     configs, alice, bob = pair
     assert wait_for(
@@ -155,6 +161,7 @@ def test_eavesdropper_switched_at_run_time(pair: tuple[dict[str, Path], Proc, Pr
 
 
 @pytest.mark.acceptance
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("victim", "moment"),
     [
