@@ -194,12 +194,16 @@ def group_clicks(
     if multi.size:
         if random_bits.size < 2 * multi.size:
             raise ValueError("not enough random bits to squash multi-clicks")
-        for j, m in enumerate(multi):
-            members = slice(first[m], first[m] + counts[m])
-            if bases is None and np.unique(tag_basis[members]).size > 1:
-                basis[m] = random_bits[2 * j]
-            if np.unique(tag_bit[members]).size > 1:
-                bit[m] = random_bits[2 * j + 1]
+        # Per group: do its tags disagree on basis / bit? (min != max over the group)
+        basis_mixed = np.minimum.reduceat(tag_basis, first) != np.maximum.reduceat(tag_basis, first)
+        bit_mixed = np.minimum.reduceat(tag_bit, first) != np.maximum.reduceat(tag_bit, first)
+        coin_basis = random_bits[0 : 2 * multi.size : 2]
+        coin_bit = random_bits[1 : 2 * multi.size : 2]
+        if bases is None:
+            pick = basis_mixed[multi]
+            basis[multi[pick]] = coin_basis[pick]
+        pick = bit_mixed[multi]
+        bit[multi[pick]] = coin_bit[pick]
     return slots, times[first], basis, bit
 
 

@@ -203,3 +203,37 @@ def test_peer_killed_leaves_no_key_at_one_end(tmp_path: Path, victim: str, momen
         ]
         assert pending == []
     assert json.dumps(ka)  # material present at both ends, identical
+
+
+@pytest.mark.acceptance
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("model", "alarms"),
+    [
+        ("intercept-resend:1", {"qber_high"}),
+    ],
+)
+def test_attack_ends_in_its_alarm_and_commits_nothing(
+    pair: tuple[dict[str, Path], Proc, Proc], model: str, alarms: set[str]
+) -> None:
+    _reconciliation()
+    configs, alice, bob = pair
+    assert wait_for(
+        lambda: any("frame" in str(r.get("reason", "")) for r in bob.log_lines()), 60
+    ), _tail(alice, bob)
+    out = qkdd("eve", "-c", str(configs["bob"]), model)
+    assert out.returncode == 0, out
+
+    def raised() -> bool:
+        return any(_alarms(alice, kind) for kind in alarms) and any(
+            _alarms(bob, kind) for kind in alarms
+        )
+
+    assert wait_for(raised, 120), _tail(alice, bob)
+    committed_before = {r["block_id"] for r in _events(alice, "block committed")}
+    time.sleep(3)
+    _stop(alice, bob)
+    # While the attack is on, no further block commits.
+    assert {r["block_id"] for r in _events(alice, "block committed")} == committed_before
+    ka, kb = _committed(configs["alice"]), _committed(configs["bob"])
+    assert ka == kb
