@@ -527,3 +527,51 @@ async def sniffer(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+# -- a publisher in its own process (SIGKILL tests) ---------------------------------------
+
+
+async def _child_publisher(spec: dict[str, object]) -> None:
+    """Run a publisher that commits ``blocks`` blocks of deterministic keys, one every
+    ``interval_s``, resuming after a crash where the committed keys end."""
+    store = StateStore.open(Path(str(spec["state_dir"])))
+    link, slots = str(spec["link"]), [str(s) for s in spec["slots"]]  # type: ignore[attr-defined]
+    keystore = KeyStore(store)
+    # A crash between vote and commit: this test engine aborts its unfinished blocks
+    # (the real two-phase commit asks the coordinator).
+    for (block_id,) in store.conn.execute(
+        "SELECT block_id FROM blocks WHERE state IN ('open', 'pending')"
+    ).fetchall():
+        keystore.abort_block(int(block_id))
+    per_block = int(spec["keys_per_block"])  # type: ignore[call-overload]
+    done = len(keystore.list()) // per_block
+    pub = MqttPublisher(
+        MqttConfig.model_validate(spec["mqtt"]),
+        store,
+        node=str(spec["node"]),
+        link=link,
+        role=str(spec.get("role", "alice")),
+        slots=slots,
+        simulated=True,
+    )
+    task = asyncio.create_task(pub.run())
+    await pub.connected.wait()
+    pub.on_status("TRANSMIT", "test child")
+    print("connected", flush=True)
+    for block in range(done, int(spec["blocks"])):  # type: ignore[call-overload]
+        metas = commit_test_block(store, link, slots, block, per_block, seed=b"qkdd-fault")
+        pub.on_keys_committed(metas[0].block_id, metas)
+        await asyncio.sleep(float(spec["interval_s"]))  # type: ignore[arg-type]
+    print("committed", flush=True)
+    await task
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    from qkdd.logging import configure_logging
+
+    configure_logging("warning", json=True, stream=sys.stderr)  # stdout is the test's channel
+    asyncio.run(_child_publisher(json.loads(sys.argv[1])))
