@@ -199,6 +199,9 @@ class BrokerOptions:
     tls_password: bool = False  # TLS without client certificates, with the password file
     persistence: bool = True
     extra: Iterable[str] = ()
+    # A whole config instead (e.g. the production example), with {port}, {dir},
+    # {data_dir}, {passwd}, {acl}, {ca}, {server_cert}, {server_key} filled in.
+    raw_config: str | None = None
 
 
 class MosquittoBroker:
@@ -252,8 +255,10 @@ class MosquittoBroker:
                 "autosave_interval 1",
                 "autosave_on_changes true",
             ]
+        if opts.raw_config is not None:
+            return self._raw_config_text(opts.raw_config)
         if opts.users is not None:
-            password_file = self.directory / "passwords"
+            password_file = self.directory / "passwd"
             write_password_file(password_file, opts.users)
             lines += [f"password_file {password_file}", "allow_anonymous false"]
         elif opts.tls:
@@ -261,10 +266,7 @@ class MosquittoBroker:
         else:
             lines += ["allow_anonymous true"]
         if opts.acl is not None:
-            acl_file = self.directory / "acl"
-            acl_file.write_text(opts.acl)
-            acl_file.chmod(0o600)
-            lines.append(f"acl_file {acl_file}")
+            lines.append(f"acl_file {self._write_acl(opts.acl)}")
         lines.append(f"listener {self.port} 127.0.0.1")
         if self.pki is not None:
             lines += [
@@ -277,6 +279,30 @@ class MosquittoBroker:
                 lines += ["require_certificate true", "use_identity_as_username true"]
         lines += list(opts.extra)
         return "\n".join(line for line in lines if line) + "\n"
+
+    def _write_acl(self, text: str) -> Path:
+        acl_file = self.directory / "acl"
+        acl_file.write_text(text)
+        acl_file.chmod(0o600)
+        return acl_file
+
+    def _raw_config_text(self, template: str) -> str:
+        passwd = self.directory / "passwd"
+        write_password_file(passwd, self.options.users or {})
+        acl = self._write_acl(self.options.acl or "")
+        pki = self.pki
+        values = {
+            "port": str(self.port),
+            "dir": str(self.directory),
+            "data_dir": str(self.data_dir),
+            "passwd": str(passwd),
+            "acl": str(acl),
+            "ca": str(pki.ca.cert) if pki else "",
+            "server_cert": str(pki.server.cert) if pki else "",
+            "server_key": str(pki.server.key) if pki else "",
+        }
+        head = "user root\n" if os.geteuid() == 0 else ""
+        return head + template.format_map(values)
 
     # -- life cycle -------------------------------------------------------------------
 

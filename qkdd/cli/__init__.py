@@ -22,8 +22,11 @@ EXIT_USAGE = 2
 # is explicit and import errors surface here.
 COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.config",
+    "qkdd.cli.consume",
+    "qkdd.cli.consumer",
     "qkdd.cli.devices",
     "qkdd.cli.keyrate",
+    "qkdd.cli.schema",
     "qkdd.cli.secret",
 )
 
