@@ -66,8 +66,12 @@ class _Payload(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_schema(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "schema" not in data and "schema_id" not in data:
-            data = {**data, "schema": cls.SCHEMA}
+        if isinstance(data, dict):
+            if "schema" not in data and "schema_id" not in data:
+                return {**data, "schema": cls.SCHEMA}
+            given = data.get("schema", data.get("schema_id"))
+            if given != cls.SCHEMA:  # say this first: the other fields cannot fit either
+                raise ValueError(f"schema is {given!r}, expected {cls.SCHEMA!r}")
         return data
 
     @model_validator(mode="after")
