@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import os
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from qkdd.logging import configure_logging
 from qkdd.mqtt.consumer import KeyConsumer
 from qkdd.mqtt.messages import AckMessage, KeyMetadata, SealedKeyMessage
 from qkdd.mqtt.publisher import MqttPublisher
@@ -159,6 +161,8 @@ async def test_both_ends_consumers_get_identical_keys_nothing_in_clear(
 async def test_foreign_key_and_forged_acknowledgements_are_rejected(
     mqtt_broker: MosquittoBroker, tmp_path: Path, secrets_: dict[str, bytes]
 ) -> None:
+    log = io.StringIO()
+    configure_logging("debug", json=True, stream=log)
     store = open_node_store(tmp_path / "alice", secrets_)
     pub = publisher(mqtt_broker, store, "alice")
     collector = Collector()
@@ -227,6 +231,11 @@ async def test_foreign_key_and_forged_acknowledgements_are_rejected(
     assert states[kms_key.key_id] is KeyState.DELIVERED
     assert list(states.values()).count(KeyState.COMMITTED) == 1  # the app key: no consumer
     store.close()
+    # the logs name key ids, never key bits or secrets
+    assert "key delivered" in log.getvalue() and "forged acknowledgement" in log.getvalue()
+    assert_not_in_clear(
+        log.getvalue().encode(), [collector.keys[kms_key.key_id], *secrets_.values()]
+    )
 
 
 async def test_unacknowledged_keys_are_republished_identically_after_restart_and_periodically(

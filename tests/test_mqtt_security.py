@@ -81,7 +81,10 @@ class Identities:
         return MqttConfig.model_validate(self.fields(identity, **extra))
 
 
-async def _collect(client: aiomqtt.Client, seconds: float) -> list[tuple[str, bytes]]:
+async def _collect(
+    client: aiomqtt.Client, seconds: float, stop_after: int = 0
+) -> list[tuple[str, bytes]]:
+    """Messages received within ``seconds`` (or until ``stop_after`` of them arrived)."""
     seen: list[tuple[str, bytes]] = []
     with_timeout = asyncio.timeout(seconds)
     try:
@@ -89,6 +92,8 @@ async def _collect(client: aiomqtt.Client, seconds: float) -> list[tuple[str, by
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else b""
                 seen.append((message.topic.value, payload))
+                if len(seen) == stop_after:
+                    break
     except TimeoutError:
         pass
     return seen
@@ -186,7 +191,7 @@ async def check_acl(tmp_path: Path, ids: Identities) -> None:
             await operator.publish(
                 f"{TOPIC}/cmd", CommandMessage(command="status").to_json(), qos=1, properties=props
             )
-            replies = await _collect(operator, 3)
+            replies = await _collect(operator, 5, stop_after=1)
         assert replies and CommandReply.model_validate_json(replies[0][1]).ok
     kms_consumer.close()
     store.close()
