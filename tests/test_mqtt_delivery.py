@@ -14,7 +14,7 @@ import aiomqtt
 import pytest
 
 from qkdd.logging import configure_logging
-from qkdd.mqtt.consumer import KeyConsumer
+from qkdd.mqtt.consumer import KeyConsumer, ReceivedKey
 from qkdd.mqtt.messages import AckMessage, KeyMetadata, SealedKeyMessage
 from qkdd.mqtt.publisher import MqttPublisher
 from qkdd.mqtt.sealing import SlotKey
@@ -290,4 +290,32 @@ async def test_unacknowledged_keys_are_republished_identically_after_restart_and
     assert sorted(collector.handed) == sorted(
         m.key_id for m in [*metas, *later] if m.consumer_slot == "kms"
     )
+    store.close()
+
+
+async def test_a_failed_hand_over_keeps_the_key_until_it_succeeds(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, secrets_: dict[str, bytes]
+) -> None:
+    store = open_node_store(tmp_path / "alice", secrets_)
+    pub = publisher(mqtt_broker, store, "alice", republish_interval_s=0.3)
+    handed: list[str] = []
+    failures = [OSError("no reader on the FIFO")] * 2
+
+    async def flaky_sink(key: ReceivedKey) -> None:
+        if failures:
+            raise failures.pop()
+        handed.append(key.key_id)
+
+    config = consumer_config(
+        mqtt_broker, tmp_path / "c", node="alice", link=LINK, slot="kms", secret=secrets_["kms"]
+    )
+    consumer = KeyConsumer(config, flaky_sink, handover_retry_s=0.2)
+    metas = commit_test_block(store, LINK, ["kms"], 0, 1, seed=SEED)
+    async with running(pub, consumer):
+        pub.on_keys_committed(metas[0].block_id, metas)
+        # acknowledged at once (it is stored), handed over when the sink works again
+        await wait_until(lambda: pub.acks_accepted == 1)
+        await wait_until(lambda: handed == [metas[0].key_id])
+    assert consumer.store.pending() == []
+    consumer.close()
     store.close()

@@ -307,8 +307,11 @@ class LineSink:
 class KeyConsumer:
     """Receives one slot's keys from one daemon; see the module docstring."""
 
-    def __init__(self, config: ConsumerConfig, sink: Sink | None = None) -> None:
+    def __init__(
+        self, config: ConsumerConfig, sink: Sink | None = None, *, handover_retry_s: float = 5.0
+    ) -> None:
         self.config = config
+        self.handover_retry_s = handover_retry_s
         section = config.consumer
         self.slot, self.link, self.node = section.name, section.link, section.node
         secret = config.secret_bytes()
@@ -365,7 +368,15 @@ class KeyConsumer:
                 messages = aiomqtt_messages(client)
                 while True:
                     nxt = asyncio.create_task(anext(messages))
-                    done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    done: set[asyncio.Task[Any]] = set()
+                    while not done:
+                        done, _ = await asyncio.wait(
+                            {nxt, stop},
+                            timeout=self.handover_retry_s,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if not done:  # quiet: retry keys whose hand-over failed
+                            await self._hand_over_pending()
                     if stop in done:
                         nxt.cancel()
                         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
@@ -386,16 +397,15 @@ class KeyConsumer:
             return
         self.received += 1
         try:
-            new = self.store.insert_if_new(key)
-            if not new:
+            if not self.store.insert_if_new(key):
                 self.duplicates += 1
             ack = AckMessage(key_id=key.key_id, tag=self.slot_key.ack_tag(key.key_id))
             await client.publish(f"{self.topic}/ack", ack.to_json(), qos=1)
-            if new:
-                await self.sink(key)
-                self.store.mark_handed(key.key_id)
         finally:
             key.wipe()
+        # Also after a duplicate: a key stored earlier whose hand-over failed (or was cut
+        # short by a lost connection) goes out now, from the store.
+        await self._hand_over_pending()
 
     def _open(self, payload: bytes) -> ReceivedKey | None:
         try:
@@ -426,12 +436,19 @@ class KeyConsumer:
         )
 
     async def _hand_over_pending(self) -> None:
+        """Hand every stored key to the sink, then erase it; a sink that fails (a FIFO
+        without a reader, a full disk) leaves the key stored for the next attempt."""
         for key in self.store.pending():
             try:
                 await self.sink(key)
-                self.store.mark_handed(key.key_id)
+            except OSError as exc:
+                _log.warning(
+                    "hand-over failed; the key stays stored", key_id=key.key_id, error=str(exc)
+                )
+                return
             finally:
                 key.wipe()
+            self.store.mark_handed(key.key_id)
 
 
 def aiomqtt_messages(client: aiomqtt.Client) -> Any:

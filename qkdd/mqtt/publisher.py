@@ -249,8 +249,9 @@ class MqttPublisher:
                 self.connections += 1
                 await client.subscribe(f"{self.topic}/keys/+/ack", qos=1)
                 await client.subscribe(f"{self.topic}/cmd", qos=1)
-                # Stale status/QBER items are superseded by what is published now.
-                self._queue = deque(i for i in self._queue if i[0] not in ("status", "qber"))
+                # Stale status/QBER items, and key items (every queued key goes out below),
+                # are superseded by what is published now; alarm events keep their order.
+                self._queue = deque(i for i in self._queue if i[0] == "alarm")
                 await self._publish_status(client)
                 await self._republish(client)
                 self.connected.set()
