@@ -281,26 +281,32 @@ async def test_commands_mqtt311_reply_on_the_reply_topic_and_eve_when_simulation
         command_handler=handler,
         allow_simulated=True,
     )
-    async with running(pub):
-        async with aiomqtt.Client(
-            mqtt_broker.host, mqtt_broker.port, protocol=aiomqtt.ProtocolVersion.V311
-        ) as client:
-            await client.subscribe(f"{TOPIC}/cmd/reply", qos=1)
+    async with aiomqtt.Client(
+        mqtt_broker.host, mqtt_broker.port, protocol=aiomqtt.ProtocolVersion.V311
+    ) as client:
+        await client.subscribe(f"{TOPIC}/cmd/reply", qos=1)
+        # a retained command (it would run at every reconnect) is refused
+        retained = CommandMessage(command="pause", request_id="ret").to_json()
+        await client.publish(f"{TOPIC}/cmd", retained, qos=1, retain=True)
+        async with running(pub):
             eve = CommandMessage(
                 command="eve", eve_model="intercept-resend", eve_fraction=1.0, request_id="e1"
             )
             await client.publish(f"{TOPIC}/cmd", eve.to_json(), qos=1)
             await client.publish(f"{TOPIC}/cmd", b'{"command":"resume","request_id":7}', qos=1)
-            replies = []
+            replies: dict[str | None, CommandReply] = {}
             async with asyncio.timeout(10):
                 async for message in client.messages:
                     assert isinstance(message.payload, bytes)
-                    replies.append(CommandReply.model_validate_json(message.payload))
-                    if len(replies) == 2:
+                    reply = CommandReply.model_validate_json(message.payload)
+                    replies[reply.request_id] = reply
+                    if len(replies) == 3:
                         break
-        assert replies[0].ok and replies[0].request_id == "e1"
-        assert not replies[1].ok and "request_id" in (replies[1].error or "")
-        assert [(c.command, c.eve_model) for c in handled] == [("eve", "intercept-resend")]
+        await client.publish(f"{TOPIC}/cmd", b"", qos=1, retain=True)
+    assert replies["e1"].ok
+    assert not replies[None].ok and "request_id" in (replies[None].error or "")
+    assert not replies["ret"].ok and "retained" in (replies["ret"].error or "")
+    assert [(c.command, c.eve_model) for c in handled] == [("eve", "intercept-resend")]
     pub.store.close()
 
 

@@ -192,7 +192,7 @@ class MqttPublisher:
             "alarm raised" if event.active else "alarm cleared",
             kind=str(event.kind),
             level=str(event.level),
-            **{k: v for k, v in event.values.items() if isinstance(k, str)},
+            values=dict(event.values),
         )
 
     def on_keys_committed(self, block_id: int, keys: Sequence[KeyMeta]) -> None:
@@ -441,6 +441,13 @@ class MqttPublisher:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if topic == f"{self.topic}/cmd":
+                if message.retain:
+                    # A retained command would run again at every reconnect: refuse it.
+                    reply = self._error(
+                        _request_id_of(payload), None, "retained commands are refused"
+                    )
+                    await client.publish(f"{self.topic}/cmd/reply", reply.to_json(), qos=1)
+                    continue
                 await self._command(client, payload, message.properties)
             elif topic.startswith(f"{self.topic}/keys/") and topic.endswith("/ack"):
                 slot = topic[len(f"{self.topic}/keys/") : -len("/ack")]

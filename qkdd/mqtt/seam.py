@@ -20,7 +20,22 @@ publisher's own task). The daemon provides a :data:`CommandHandler` that carries
 :class:`CommandRefused` for anything it will not do (nothing changes then).
 
 Slot assignment: key ``i`` of a block goes to :func:`slot_for_index` ``(i, slots)``,
-the same rule at both ends.
+the same rule at both ends (``NewKey.consumer_slot``).
+
+Wiring, in the daemon (same event loop and the same ``StateStore`` as the engine,
+since the store is single-threaded)::
+
+    publisher = MqttPublisher(
+        config.mqtt, store, node=config.node.id, link=config.node.link,
+        role=config.node.role.value, slots=[c.name for c in config.consumers],
+        simulated=config.simulated, allow_simulated=config.node.allow_simulated,
+        command_handler=engine.handle_command, on_store_full=engine.set_store_full,
+        versions={"protocol": PROTOCOL_VERSION},
+    )
+    task_group.create_task(publisher.run())   # ... and ``await publisher.stop()`` at exit
+
+The constructor raises ``DeliveryError`` when a slot has no consumer secret
+(``qkdd consumer add``); the daemon should exit 2 with that message.
 """
 
 from __future__ import annotations
