@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+
+import pytest
 
 from tests.conftest import BrokerFactory
 
@@ -70,3 +73,35 @@ def test_plain_password_and_tls_brokers_carry_messages(broker_factory: BrokerFac
         timeout=10,
     )
     assert no_cert.returncode != 0
+
+
+def test_password_file_written_without_mosquitto_passwd(
+    broker_factory: BrokerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixture's own PBKDF2-SHA512 ($7$) password file is one Mosquitto accepts."""
+    import tests.mqtt_broker as helpers
+
+    real_which = shutil.which
+    monkeypatch.setattr(
+        helpers.shutil,
+        "which",
+        lambda name: None if name == "mosquitto_passwd" else real_which(name),
+    )
+    broker = broker_factory(users={"bob": "pw-b"})
+    assert "$7$101$" in (broker.directory / "passwd").read_text()
+    args = broker.client_args(username="bob", password="pw-b")
+    assert _roundtrip(args, args) == "hello"
+    bad = subprocess.run(
+        [
+            "mosquitto_pub",
+            *broker.client_args(username="bob", password="nope"),
+            "-t",
+            "x",
+            "-m",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        timeout=10,
+    )
+    assert bad.returncode != 0

@@ -97,7 +97,8 @@ async def test_both_ends_consumers_get_identical_keys_nothing_in_clear(
             # The app consumer at alice goes away with its session kept: its keys wait in
             # the broker (and its database) as ciphertext.
             await alice[2]["app"].stop()
-            await asyncio.sleep(0.3)
+            gone = "Client qkdd-consumer-alice-link1-app disconnected"
+            await wait_until(lambda: gone in mqtt_broker.log())
             for block in range(2):
                 for store, pub, _, _ in (alice, bob):
                     metas = commit_test_block(store, LINK, SLOTS, block, 6, seed=SEED)
