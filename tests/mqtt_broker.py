@@ -73,7 +73,7 @@ class TestPki:
     _ca_cert: x509.Certificate = field(repr=False)
 
     @classmethod
-    def create(cls, directory: Path) -> TestPki:
+    def create(cls, directory: Path, *, server_names: tuple[str, ...] = ()) -> TestPki:
         directory.mkdir(parents=True, exist_ok=True)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qkdd test CA")])
@@ -105,11 +105,14 @@ class TestPki:
         )
         ca = _write_pair(directory, "ca", ca_cert, ca_key)
         pki = cls(directory, ca, ca, ca_key, ca_cert)
-        pki.server = pki.issue("localhost", server=True)
+        pki.server = pki.issue("localhost", server=True, names=server_names)
         return pki
 
-    def issue(self, common_name: str, *, server: bool = False) -> CertPair:
-        """A certificate signed by the CA (server: SAN 127.0.0.1 and localhost)."""
+    def issue(
+        self, common_name: str, *, server: bool = False, names: tuple[str, ...] = ()
+    ) -> CertPair:
+        """A certificate signed by the CA (server: SAN 127.0.0.1 and localhost, or the
+        DNS ``names`` given)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         builder = (
@@ -125,7 +128,8 @@ class TestPki:
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
-                    [
+                    [x509.DNSName(n) for n in names]
+                    or [
                         x509.DNSName("localhost"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     ]
@@ -197,6 +201,7 @@ class BrokerOptions:
     acl: str | None = None  # ACL file text
     tls: bool = False  # TLS listener requiring client certificates (identity = CN)
     tls_password: bool = False  # TLS without client certificates, with the password file
+    server_names: tuple[str, ...] = ()  # the server certificate's DNS names (default: ours)
     persistence: bool = True
     extra: Iterable[str] = ()
     # A whole config instead (e.g. the production example), with {port}, {dir},
@@ -219,7 +224,7 @@ class MosquittoBroker:
         self.data_dir = directory / "data"
         self.data_dir.mkdir(exist_ok=True)
         if options.tls or options.tls_password:
-            self.pki = TestPki.create(directory / "pki")
+            self.pki = TestPki.create(directory / "pki", server_names=options.server_names)
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         self.config_path.write_text(self._config_text())

@@ -241,9 +241,22 @@ async def test_tls_identity_from_client_certificate_with_hostname_check(
     assert context.verify_mode == ssl.CERT_REQUIRED
     await check_acl(tmp_path, ids)
     # a server certificate that does not name the host is refused (hostname checking)
-    wrong_host = ids.config("monitor").model_copy(update={"host": "127.0.0.2"})
-    with pytest.raises(aiomqtt.MqttError):
-        async with make_client(wrong_host, "x"):
+    other = broker_factory(tls=True, server_names=("broker.elsewhere.example",))
+    assert other.pki is not None
+    pair = other.pki.issue("monitor")
+    wrong_name = MqttConfig.model_validate(
+        {
+            "host": other.host,
+            "port": other.port,
+            "tls": {
+                "ca_file": str(other.pki.ca.cert),
+                "cert_file": str(pair.cert),
+                "key_file": str(pair.key),
+            },
+        }
+    )
+    with pytest.raises(aiomqtt.MqttError, match=r"match|mismatch|hostname|IP address"):
+        async with make_client(wrong_name, "x"):
             pass
 
 
