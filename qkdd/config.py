@@ -20,6 +20,7 @@ from qkdd.instruments.config import Backend, InstrumentConfig
 from qkdd.instruments.interfaces import InstrumentClass
 from qkdd.link.config import ProtocolConfig
 from qkdd.mqtt.config import ConsumerSlot, MqttConfig
+from qkdd.physics.config import SimulationConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -79,6 +80,9 @@ class NodeConfig(BaseModel):
     instruments: dict[str, InstrumentConfig] = Field(default_factory=dict)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    simulation: SimulationConfig | None = Field(
+        default=None, description="the simulated link (channel, detectors, eavesdropper, seed)"
+    )
     consumers: list[ConsumerSlot] = Field(
         default_factory=list, description="key consumer slots, the same names at both ends"
     )

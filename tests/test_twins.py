@@ -16,6 +16,8 @@ from qkdd.instruments.interfaces import (
     TimeTagger,
 )
 from qkdd.instruments.twins import twin_for
+from qkdd.instruments.twins.detection import SimulatedDetector, SimulatedTimeTagger
+from qkdd.instruments.twins.source import SimulatedStateEncoder
 
 from .conftest import instrument_config
 
@@ -87,3 +89,198 @@ def test_frame_pattern_never_prints_choices() -> None:
     assert repr(FramePattern(basis=bits, bit=bits, intensity=bits)) == "<FramePattern slots=8>"
     with pytest.raises(ValueError):
         FramePattern(basis=bits, bit=bits[:4], intensity=bits)
+
+
+# --- the twins on the simulated link -------------------------------------------------
+
+
+def _link_config():  # type: ignore[no-untyped-def]
+    from qkdd.physics.config import SimulationConfig
+
+    return SimulationConfig.model_validate(
+        {
+            "seed": 99,
+            "channel": {"distance_km": 5.0, "cable_offset_ns": 50.0},
+            "detectors": {"efficiency": 0.3, "dead_time_ns": 10.0, "dark_count": 1e-4},
+        }
+    )
+
+
+async def _run_link(tx, rx, frames: int = 3):  # type: ignore[no-untyped-def]
+    """Alice's encoder twin sends frames through a fibre; Bob's tagger twin streams tags."""
+    from qkdd.instruments.interfaces import SinglePhotonDetector
+    from qkdd.physics.link import LinkParameters, Receiver, draw_pattern, role_rng
+
+    sim = _link_config()
+    link = LinkParameters()
+    receiver = Receiver(sim, link, role_rng(sim.seed, "bob"))
+    alice = role_rng(sim.seed, "alice")
+    async with (
+        _twin(InstrumentClass.STATE_ENCODER) as encoder,
+        _twin(InstrumentClass.TIME_TAGGER) as tagger,
+        _twin(InstrumentClass.DETECTOR) as detector,
+    ):
+        assert isinstance(encoder, SimulatedStateEncoder)
+        assert isinstance(tagger, SimulatedTimeTagger)
+        assert isinstance(detector, SimulatedDetector) and isinstance(
+            detector, SinglePhotonDetector
+        )
+        encoder.attach_fibre(tx)
+        tagger.attach(receiver, rx)
+        detector.attach_receiver(receiver)
+        await tagger.start()
+        stream = tagger.tags()
+        batches = []
+        for _ in range(frames):
+            await encoder.load_frame(draw_pattern(alice, 100_000, link))
+            await encoder.arm()
+            batches.append(await anext(stream))
+        await tagger.stop()
+        assert await detector.bias_monitor() == pytest.approx(1e-6)
+        receiver.set_eavesdropper("blinding")
+        assert await detector.bias_monitor() > 1e-3
+        rates = await detector.count_rates_hz()
+        assert len(rates) == 2 and all(r > 0 for r in rates)
+    return batches, receiver
+
+
+async def test_encoder_to_tagger_through_an_in_process_fibre() -> None:
+    from qkdd.instruments.twins.fibre import in_process_fibre
+    from qkdd.physics.link import slots_from_tags
+
+    tx, rx = in_process_fibre()
+    batches, receiver = await _run_link(tx, rx)
+    tags = np.concatenate(batches)
+    assert tags.dtype == TAG_DTYPE and len(tags) > 1000
+    assert np.all(np.diff(tags["timestamp_ps"]) >= 0)
+    slots = slots_from_tags(tags, period_ps=receiver.period_ps, delay_ps=receiver.delay_ps)
+    assert slots.min() >= 0 and slots.max() < 300_000  # three frames on one clock
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_fibre_over_a_socket(kind: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from qkdd.instruments.twins.fibre import FibreAddress, FibreListener, connect_fibre
+
+    text = f"unix:{tmp_path}/fibre.sock" if kind == "unix" else "tcp:127.0.0.1:0"
+    listener = FibreListener(FibreAddress.parse(text))
+    await listener.start()
+    try:
+        if kind == "tcp":
+            text = f"tcp:127.0.0.1:{listener.port}"
+        else:
+            assert (tmp_path / "fibre.sock").stat().st_mode & 0o077 == 0
+        tx = await connect_fibre(text)
+        rx = await listener.accept()
+        batches, _ = await _run_link(tx, rx, frames=2)
+        assert sum(len(b) for b in batches) > 500
+        await tx.close()
+        assert await rx.receive() is None  # Alice closed the fibre
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp:0.0.0.0:5000", "tcp:192.168.1.4:5000", "tcp:[::]:1", "udp:1"]
+)
+def test_fibre_never_binds_a_routable_address(address: str) -> None:
+    from qkdd.instruments.twins.fibre import FibreAddress, FibreError
+
+    with pytest.raises(FibreError):
+        FibreAddress.parse(address)
+
+
+ALICE_PROCESS = """
+import asyncio, sys
+from qkdd.instruments.twins.fibre import connect_fibre
+from qkdd.physics.link import LinkParameters, PreparedFrame, draw_pattern, role_rng
+
+async def main():
+    tx = await connect_fibre(sys.argv[1])
+    rng = role_rng(5, "alice")
+    for i in range(3):
+        await tx.send(PreparedFrame(i, i * 50_000, draw_pattern(rng, 50_000, LinkParameters())))
+    await tx.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_fibre_between_two_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import sys
+
+    from qkdd.instruments.twins.fibre import FibreAddress, FibreListener
+    from qkdd.physics.link import LinkParameters, draw_pattern, role_rng
+
+    address = f"unix:{tmp_path}/fibre.sock"
+    listener = FibreListener(FibreAddress.parse(address))
+    await listener.start()
+    alice = await asyncio.create_subprocess_exec(sys.executable, "-c", ALICE_PROCESS, address)
+    try:
+        rx = await asyncio.wait_for(listener.accept(), 30)
+        frames = []
+        while (frame := await asyncio.wait_for(rx.receive(), 30)) is not None:
+            frames.append(frame)
+        assert await alice.wait() == 0
+    finally:
+        await listener.close()
+    # Bob's receiver got exactly what Alice's process prepared
+    rng = role_rng(5, "alice")
+    assert [f.index for f in frames] == [0, 1, 2]
+    for frame in frames:
+        expected = draw_pattern(rng, 50_000, LinkParameters())
+        assert np.array_equal(frame.pattern.basis, expected.basis)
+        assert np.array_equal(frame.pattern.intensity, expected.intensity)
+
+
+async def test_paced_encoder_keeps_to_the_slot_clock() -> None:
+    import time
+
+    from qkdd.instruments.twins.fibre import in_process_fibre
+
+    tx, rx = in_process_fibre(max_frames=16)
+    async with _twin(InstrumentClass.STATE_ENCODER, slot_rate_hz=1e6, pace=True) as encoder:
+        assert isinstance(encoder, SimulatedStateEncoder)
+        encoder.attach_fibre(tx)
+        zeros = np.zeros(20_000, dtype=np.uint8)  # 20 ms per frame at 1 MHz
+        start = time.monotonic()
+        for _ in range(5):
+            await encoder.load_frame(FramePattern(basis=zeros, bit=zeros, intensity=zeros))
+            await encoder.arm()
+        assert time.monotonic() - start >= 0.1 * 0.9
+        assert (await rx.receive()) is not None
+
+
+async def test_attach_simulated_link_wires_both_roles(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from qkdd.instruments.twins.link import attach_simulated_link, fibre_address
+    from qkdd.physics.config import SimulationConfig
+    from qkdd.physics.link import LinkParameters, draw_pattern, role_rng
+
+    sim = SimulationConfig.model_validate(
+        {"seed": 3, "fibre_path": str(tmp_path / "f.sock"), "detectors": {"efficiency": 0.5}}
+    )
+    assert fibre_address(sim, "l1").path == str(tmp_path / "f.sock")
+    link = LinkParameters()
+    async with (
+        _twin(InstrumentClass.STATE_ENCODER) as encoder,
+        _twin(InstrumentClass.TIME_TAGGER) as tagger,
+        _twin(InstrumentClass.DETECTOR) as detector,
+    ):
+        bob = await attach_simulated_link("bob", [tagger, detector], sim, link, link_id="l1")
+        alice = await attach_simulated_link("alice", [encoder], sim, link, link_id="l1")
+        try:
+            await tagger.start()
+            stream = tagger.tags()
+            await encoder.load_frame(draw_pattern(role_rng(3, "alice"), 50_000, link))
+            await encoder.arm()
+            batch = await anext(stream)
+            assert len(batch) > 100
+            with pytest.raises(ValueError, match="Bob's end"):
+                alice.set_eavesdropper("pns")
+            bob.set_eavesdropper("blinding")
+            assert await detector.bias_monitor() > 1e-3
+        finally:
+            await tagger.stop()
+            await alice.close()
+            await bob.close()
+    assert not (tmp_path / "f.sock").exists()

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.keyrate",
     "qkdd.cli.schema",
     "qkdd.cli.secret",
+    "qkdd.cli.simulate",
     "qkdd.cli.watch",
 )
 

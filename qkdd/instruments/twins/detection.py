@@ -1,13 +1,18 @@
 """Twins of Bob's instruments: single-photon detectors and the time tagger.
 
-Until the physics of the simulated link drives them, the detectors click at
-their dark-count rate and the tagger streams those clicks at a paced clock.
+Attached to a :class:`~qkdd.physics.link.Receiver` and the simulated fibre,
+the tagger streams the tags of every frame that arrives, exactly as a real
+tagger would (channel, timestamp_ps, in time order, per-channel delays
+applied), and the detectors report the receiver's click rates and bias
+monitor. Unattached, the detectors click at their dark-count rate and the
+tagger streams those clicks at a paced clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +27,10 @@ from qkdd.instruments.interfaces import (
 )
 from qkdd.instruments.twins.base import Twin
 
+if TYPE_CHECKING:
+    from qkdd.instruments.twins.fibre import FrameSource
+    from qkdd.physics.link import Receiver
+
 
 class SimulatedDetector(Twin, SinglePhotonDetector):
     def __init__(self, name: str, config: InstrumentConfig) -> None:
@@ -30,6 +39,12 @@ class SimulatedDetector(Twin, SinglePhotonDetector):
         self._efficiency = float(self.options.get("efficiency_percent", 10.0))
         self._dead_time_ns = float(self.options.get("dead_time_ns", 10_000.0))
         self._dark_count_hz = float(self.options.get("dark_count_hz", 100.0))
+        self._receiver: Receiver | None = None
+
+    def attach_receiver(self, receiver: Receiver) -> None:
+        """Report the simulated link's click rates and photocurrent."""
+        self._receiver = receiver
+        self._channels = receiver.physics.detectors
 
     async def set_efficiency(self, efficiency_percent: float) -> None:
         if not 0 < efficiency_percent <= 100:
@@ -51,12 +66,18 @@ class SimulatedDetector(Twin, SinglePhotonDetector):
         return DetectorMode(self.options.get("mode", DetectorMode.GATED.value))
 
     async def count_rates_hz(self) -> list[float]:
+        if self._receiver is not None:
+            rate = self._receiver.link.slot_rate_hz
+            return [float(c) * rate for c in self._receiver.click_rates_per_slot()]
         return [self._dark_count_hz] * self._channels
 
     async def temperature_c(self) -> float:
         return -50.0
 
     async def bias_monitor(self) -> float:
+        """Photocurrent in A: about 1 µA of dark current; bright blinding light raises it."""
+        if self._receiver is not None:
+            return self._receiver.photocurrent_a()
         return 1.0e-6
 
     async def health(self) -> InstrumentHealth:
@@ -79,6 +100,17 @@ class SimulatedTimeTagger(Twin, TimeTagger):
         self._running = False
         self._clock_ps = 0
         self._rng = np.random.default_rng(self.options.get("seed"))
+        self._receiver: Receiver | None = None
+        self._fibre: FrameSource | None = None
+        self._link_tags = 0
+
+    def attach(self, receiver: Receiver, fibre: FrameSource) -> None:
+        """Stream the tags of the frames that arrive through ``fibre``."""
+        self._receiver = receiver
+        self._fibre = fibre
+        self._channels = {
+            ch: self._channels.get(ch, (0.1, 0)) for ch in range(1, receiver.physics.detectors + 1)
+        }
 
     async def configure_channel(
         self, channel: int, *, trigger_level_v: float, delay_ps: int
@@ -105,13 +137,41 @@ class SimulatedTimeTagger(Twin, TimeTagger):
         tags = np.concatenate(parts) if parts else np.empty(0, dtype=TAG_DTYPE)
         return tags[np.argsort(tags["timestamp_ps"], kind="stable")]
 
+    def _delayed(self, tags: npt.NDArray[np.void]) -> npt.NDArray[np.void]:
+        """Apply the configured per-channel delays, as the tagger hardware does."""
+        if not len(tags):
+            return tags
+        delays = np.zeros(int(tags["channel"].max()) + 1, dtype=np.int64)
+        for ch, (_level, delay_ps) in self._channels.items():
+            if ch < len(delays):
+                delays[ch] = delay_ps
+        if not delays.any():
+            return tags
+        out = tags.copy()
+        out["timestamp_ps"] += delays[out["channel"]]
+        return out[np.argsort(out["timestamp_ps"], kind="stable")]
+
     async def tags(self) -> AsyncIterator[npt.NDArray[np.void]]:
+        if self._receiver is not None and self._fibre is not None:
+            while self._running:
+                frame = await self._fibre.receive()
+                if frame is None:
+                    return
+                _detections, batch = self._receiver.receive(frame)
+                self._link_tags += len(batch)
+                if self._running:
+                    yield self._delayed(batch)
+            return
         while self._running:
             await asyncio.sleep(self._batch_s)
             if self._running:
                 yield self._batch()
 
     async def count_rates_hz(self) -> dict[int, float]:
+        if self._receiver is not None:
+            rate = self._receiver.link.slot_rate_hz
+            clicks = self._receiver.click_rates_per_slot()
+            return {j + 1: float(c) * rate for j, c in enumerate(clicks)}
         return dict.fromkeys(self._channels, self._rate_hz)
 
     async def health(self) -> InstrumentHealth:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from typing import TYPE_CHECKING
 
 from qkdd.frames import FramePattern
 from qkdd.instruments.config import InstrumentConfig
@@ -16,6 +19,10 @@ from qkdd.instruments.interfaces import (
     StateEncoder,
 )
 from qkdd.instruments.twins.base import Twin
+from qkdd.physics.link import PreparedFrame
+
+if TYPE_CHECKING:
+    from qkdd.instruments.twins.fibre import FibreTransmitter
 
 
 class SimulatedLaser(Twin, Laser):
@@ -56,10 +63,29 @@ class SimulatedLaser(Twin, Laser):
 
 
 class SimulatedStateEncoder(Twin, StateEncoder):
+    """Alice's modulators: an armed frame leaves as prepared pulses into the simulated fibre.
+
+    Phase-randomised weak coherent pulses (gain-switched): the receiver's
+    physics draws Poisson photon numbers. With ``pace`` the frames leave no
+    faster than the slot clock, so many simulated links can share few cores.
+    """
+
     def __init__(self, name: str, config: InstrumentConfig) -> None:
         super().__init__(name, config)
         self._loaded_slots = 0
         self._armed = False
+        self._pattern: FramePattern | None = None
+        self._fibre: FibreTransmitter | None = None
+        self._frames_sent = 0
+        self._next_slot = 0
+        self._pace = bool(self.options.get("pace", False))
+        self._clock_start: float | None = None
+
+    def attach_fibre(self, fibre: FibreTransmitter, *, pace: bool | None = None) -> None:
+        """Send every armed frame into ``fibre`` (the simulated link's transmitter end)."""
+        self._fibre = fibre
+        if pace is not None:
+            self._pace = pace
 
     @property
     def phase_randomisation(self) -> PhaseRandomisation:
@@ -68,18 +94,40 @@ class SimulatedStateEncoder(Twin, StateEncoder):
     async def load_frame(self, pattern: FramePattern) -> None:
         self._require_connected()
         self._loaded_slots = len(pattern)
+        self._pattern = pattern
         self._armed = False
 
     async def arm(self) -> None:
-        if not self._loaded_slots:
+        """Arm; on the simulated link the trigger is immediate and the frame is sent."""
+        if not self._loaded_slots or self._pattern is None:
             raise ValueError(f"{self.name}: no frame loaded")
         self._armed = True
+        if self._fibre is None:
+            return
+        frame = PreparedFrame(self._frames_sent, self._next_slot, self._pattern)
+        if self._pace:
+            await self._wait_for_clock(self._next_slot + len(self._pattern))
+        await self._fibre.send(frame)
+        self._frames_sent += 1
+        self._next_slot += len(self._pattern)
+        self._armed = False
+
+    async def _wait_for_clock(self, slots: int) -> None:
+        rate = await self.slot_rate_hz()
+        now = time.monotonic()
+        if self._clock_start is None:
+            self._clock_start = now
+        due = self._clock_start + slots / rate
+        if due > now:
+            await asyncio.sleep(due - now)
 
     async def slot_rate_hz(self) -> float:
         return float(self.options.get("slot_rate_hz", 1e9))
 
     async def health(self) -> InstrumentHealth:
-        return self._health(loaded_slots=self._loaded_slots, armed=self._armed)
+        return self._health(
+            loaded_slots=self._loaded_slots, armed=self._armed, frames_sent=self._frames_sent
+        )
 
 
 class SimulatedAttenuator(Twin, Attenuator):
