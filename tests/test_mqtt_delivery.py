@@ -320,3 +320,26 @@ async def test_a_failed_hand_over_keeps_the_key_until_it_succeeds(
     assert consumer.store.pending() == []
     consumer.close()
     store.close()
+
+
+async def test_keys_never_handed_to_the_publisher_are_still_sealed_and_delivered(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, secrets_: dict[str, bytes]
+) -> None:
+    """An engine subscriber that failed (or a crash between commit and hand-over) loses
+    nothing: the republish tick seals committed keys that have no message."""
+    store = open_node_store(tmp_path / "alice", secrets_)
+    pub = publisher(mqtt_broker, store, "alice", republish_interval_s=0.3)
+    collector = Collector()
+    consumer = KeyConsumer(
+        consumer_config(
+            mqtt_broker, tmp_path / "c", node="alice", link=LINK, slot="kms", secret=secrets_["kms"]
+        ),
+        collector,
+    )
+    async with running(pub, consumer):
+        metas = commit_test_block(store, LINK, ["kms"], 0, 3, seed=SEED)  # never announced
+        await wait_until(lambda: len(collector.keys) == 3)
+        await wait_until(lambda: pub.acks_accepted == 3)
+    assert sorted(collector.keys) == sorted(m.key_id for m in metas)
+    consumer.close()
+    store.close()

@@ -118,6 +118,9 @@ class QberMessage(_Payload):
         ge=0, le=1, description="one-sided lower confidence bound on the window QBER"
     )
     window_bits: int = Field(ge=0)
+    test_bits: int | None = Field(default=None, ge=0, description="test-basis bits this frame")
+    test_errors: int | None = Field(default=None, ge=0)
+    detections: int | None = Field(default=None, ge=0)
     gains: dict[str, float] = Field(default_factory=dict, description="gain per intensity class")
     sifted_bits: int = Field(ge=0)
     rates: dict[str, float] = Field(default_factory=dict, description="count and key rates, /s")

@@ -157,6 +157,9 @@ class MqttPublisher:
             qber=report.qber,
             qber_bound=report.qber_bound,
             window_bits=report.window_bits,
+            test_bits=report.test_bits,
+            test_errors=report.test_errors,
+            detections=report.detections,
             gains=dict(report.gains),
             sifted_bits=report.sifted_bits,
             rates=dict(report.rates),
@@ -212,10 +215,7 @@ class MqttPublisher:
 
     async def run(self) -> None:
         """Connect, publish, reconnect with back-off; returns after :meth:`stop`."""
-        backlog = self.outbox.committed_without_message(self.link)
-        if backlog:
-            self.outbox.enqueue([self._seal(meta) for meta in backlog])
-            _log.info("sealed committed keys left from before a restart", key_count=len(backlog))
+        self._seal_backlog()
         delay = self._backoff[0]
         while not self._stop.is_set():
             try:
@@ -365,10 +365,20 @@ class MqttPublisher:
     async def _periodic(self, client: aiomqtt.Client) -> None:
         while True:
             await asyncio.sleep(self.mqtt.republish_interval_s)
+            self._seal_backlog()
             if self.outbox.count_queued():
                 await self._publish_keys(client)
 
     # -- sealing ----------------------------------------------------------------------
+
+    def _seal_backlog(self) -> None:
+        """Seal committed keys that have no message yet (committed just before a crash,
+        or never handed to :meth:`on_keys_committed`)."""
+        backlog = self.outbox.committed_without_message(self.link)
+        if backlog:
+            self.outbox.enqueue([self._seal(meta) for meta in backlog])
+            self._check_store_full()
+            _log.info("sealed committed keys that had no message", key_count=len(backlog))
 
     def _load_slot_keys(self) -> dict[str, SlotKey]:
         secrets = SecretStore(self.store)

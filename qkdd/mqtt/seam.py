@@ -34,6 +34,14 @@ since the store is single-threaded)::
     )
     task_group.create_task(publisher.run())   # ... and ``await publisher.stop()`` at exit
 
+With an engine that fans out events as callbacks (transition, alarm, keys committed,
+frame report), each is a one-line adapter: ``on_status(t.target, t.reason)``,
+``on_alarm(event)``, ``on_keys_committed(e.block_id, e.keys)`` and
+``on_frame_qber(FrameQber(...))`` from the frame's numbers. Keys committed but never
+handed to ``on_keys_committed`` (a crash in between, a subscriber that raised) are
+still sealed: the publisher seals every committed key without a message at start and
+at each republish tick.
+
 The constructor raises ``DeliveryError`` when a slot has no consumer secret
 (``qkdd consumer add``); the daemon should exit 2 with that message.
 """
@@ -69,6 +77,9 @@ class FrameQber:
     window_bits: int
     sifted_bits: int
     block: int | None = None
+    test_bits: int | None = None  # test-basis bits of this frame (all revealed)
+    test_errors: int | None = None
+    detections: int | None = None
     gains: Mapping[str, float] = field(default_factory=dict)
     rates: Mapping[str, float] = field(default_factory=dict)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from qkdd.store.db import StateStore, StoreError, utc_now
-from qkdd.store.keys import KeyMeta, KeyState, KeyStore
+from qkdd.store.keys import _KEY_COLUMNS, KeyMeta, KeyState, KeyStore, _meta
 
 
 class OutboxState(StrEnum):
@@ -66,9 +66,16 @@ class Outbox:
     def committed_without_message(self, link: str | None = None) -> list[KeyMeta]:
         """Committed keys with no outbox row yet (e.g. the daemon stopped between commit
         and sealing): they still need a message."""
-        metas = self.keys.list(KeyState.COMMITTED)
-        known = {str(r[0]) for r in self.store.conn.execute("SELECT key_id FROM outbox").fetchall()}
-        return [m for m in metas if m.key_id not in known and (link is None or m.link == link)]
+        sql = (
+            f"SELECT {_KEY_COLUMNS} FROM keys k WHERE k.state = 'committed' "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.key_id = k.key_id)"
+        )
+        args: list[object] = []
+        if link is not None:
+            sql += " AND k.link = ?"
+            args.append(link)
+        sql += " ORDER BY k.block_id, k.idx"
+        return [_meta(row) for row in self.store.conn.execute(sql, args)]
 
     def queued(self, slot: str | None = None) -> list[OutboxEntry]:
         """Undelivered messages in the order they were queued (block, then index)."""
