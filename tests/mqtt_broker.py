@@ -251,6 +251,7 @@ class MosquittoBroker:
             "connection_messages true",
             "max_queued_messages 0",
             "max_queued_bytes 67108864",
+            "set_tcp_nodelay true",
         ]
         if opts.persistence:
             lines += [

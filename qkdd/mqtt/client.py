@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import aiomqtt
@@ -52,4 +53,7 @@ def make_client(
         tls_context=tls_context,
         properties=properties,
         timeout=15,
+        # Small QoS 1 messages each waiting for an answer: Nagle's algorithm plus delayed
+        # ACKs would stall every round trip by ~40 ms.
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )

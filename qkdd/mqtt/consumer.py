@@ -221,28 +221,37 @@ class ConsumerStore:
             raise
         self._conn.execute("COMMIT")
 
+    def insert_new(self, keys: list[ReceivedKey]) -> list[str]:
+        """Store, in one durable transaction, the keys whose ids were never seen; returns
+        their ids (a repeated id within ``keys`` counts once)."""
+        added = []
+        with self._tx() as tx:
+            for key in keys:
+                cur = tx.execute(
+                    "INSERT OR IGNORE INTO received (key_id, link, slot, bits, block, qber, "
+                    "eps_total, simulated, created, material, state, received) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored', ?)",
+                    (
+                        key.key_id,
+                        key.link,
+                        key.slot,
+                        key.bits,
+                        key.block,
+                        key.qber,
+                        key.eps_total,
+                        int(key.simulated),
+                        key.created,
+                        bytes(key.material),
+                        now_utc(),
+                    ),
+                )
+                if cur.rowcount == 1:
+                    added.append(key.key_id)
+        return added
+
     def insert_if_new(self, key: ReceivedKey) -> bool:
         """Store a key durably unless its id was ever seen; True if it was new."""
-        with self._tx() as tx:
-            cur = tx.execute(
-                "INSERT OR IGNORE INTO received (key_id, link, slot, bits, block, qber, "
-                "eps_total, simulated, created, material, state, received) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored', ?)",
-                (
-                    key.key_id,
-                    key.link,
-                    key.slot,
-                    key.bits,
-                    key.block,
-                    key.qber,
-                    key.eps_total,
-                    int(key.simulated),
-                    key.created,
-                    bytes(key.material),
-                    now_utc(),
-                ),
-            )
-            return cur.rowcount == 1
+        return bool(self.insert_new([key]))
 
     def pending(self) -> list[ReceivedKey]:
         """Keys stored but not yet handed over, in arrival order."""
@@ -255,13 +264,19 @@ class ConsumerStore:
             for r in rows
         ]
 
-    def mark_handed(self, key_id: str) -> None:
+    def mark_handed(self, key_id: str, *, checkpoint: bool = True) -> None:
+        """The key was handed over: erase its bits (the row stays as its tombstone)."""
         with self._tx() as tx:
             tx.execute(
                 "UPDATE received SET state = 'handed', material = NULL, handed = ? "
                 "WHERE key_id = ?",
                 (now_utc(), key_id),
             )
+        if checkpoint:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Truncate the WAL so erased bits do not linger there."""
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     def ids(self) -> list[str]:
@@ -382,28 +397,45 @@ class KeyConsumer:
                         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                             await nxt
                         return
-                    message = nxt.result()
-                    if isinstance(message.payload, bytes):
-                        await self.handle(client, message.payload)
+                    batch = [nxt.result()]
+                    while len(client.messages) and len(batch) < 256:
+                        batch.append(await anext(messages))
+                    await self.handle(
+                        client, [m.payload for m in batch if isinstance(m.payload, bytes)]
+                    )
             finally:
                 stop.cancel()
                 self.connected.clear()
 
-    async def handle(self, client: aiomqtt.Client, payload: bytes) -> None:
-        """One key message: open, store if new, acknowledge, hand over."""
-        key = self._open(payload)
-        if key is None:
-            self.rejected += 1
-            return
-        self.received += 1
+    async def handle(self, client: aiomqtt.Client, payloads: list[bytes]) -> None:
+        """Key messages that arrived together: open, store the new ones (one durable
+        transaction), acknowledge each (duplicates too), hand over."""
+        keys = []
+        for payload in payloads:
+            key = self._open(payload)
+            if key is None:
+                self.rejected += 1
+            else:
+                keys.append(key)
+        self.received += len(keys)
         try:
-            if not self.store.insert_if_new(key):
-                self.duplicates += 1
-            ack = AckMessage(key_id=key.key_id, tag=self.slot_key.ack_tag(key.key_id))
-            await client.publish(f"{self.topic}/ack", ack.to_json(), qos=1)
+            new = self.store.insert_new(keys)
+            self.duplicates += len(keys) - len(new)
+            acks = [
+                AckMessage(key_id=k.key_id, tag=self.slot_key.ack_tag(k.key_id)).to_json()
+                for k in keys
+            ]
+            for start in range(0, len(acks), 8):  # aiomqtt warns above 10 concurrent calls
+                await asyncio.gather(
+                    *(
+                        client.publish(f"{self.topic}/ack", a, qos=1)
+                        for a in acks[start : start + 8]
+                    )
+                )
         finally:
-            key.wipe()
-        # Also after a duplicate: a key stored earlier whose hand-over failed (or was cut
+            for key in keys:
+                key.wipe()
+        # Also after duplicates: a key stored earlier whose hand-over failed (or was cut
         # short by a lost connection) goes out now, from the store.
         await self._hand_over_pending()
 
@@ -438,17 +470,24 @@ class KeyConsumer:
     async def _hand_over_pending(self) -> None:
         """Hand every stored key to the sink, then erase it; a sink that fails (a FIFO
         without a reader, a full disk) leaves the key stored for the next attempt."""
-        for key in self.store.pending():
-            try:
-                await self.sink(key)
-            except OSError as exc:
-                _log.warning(
-                    "hand-over failed; the key stays stored", key_id=key.key_id, error=str(exc)
-                )
-                return
-            finally:
-                key.wipe()
-            self.store.mark_handed(key.key_id)
+        handed = 0
+        try:
+            for key in self.store.pending():
+                try:
+                    await self.sink(key)
+                except OSError as exc:
+                    _log.warning(
+                        "hand-over failed; the key stays stored", key_id=key.key_id, error=str(exc)
+                    )
+                    return
+                finally:
+                    key.wipe()
+                # Marked one by one (a crash re-hands at most one key), checkpointed once.
+                self.store.mark_handed(key.key_id, checkpoint=False)
+                handed += 1
+        finally:
+            if handed:
+                self.store.checkpoint()
 
 
 def aiomqtt_messages(client: aiomqtt.Client) -> Any:

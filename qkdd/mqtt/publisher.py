@@ -65,7 +65,8 @@ _log = get_logger("mqtt")
 
 BASIC_COMMANDS: Final = frozenset({"pause", "resume", "recalibrate", "status"})
 SIMULATION_COMMANDS: Final = frozenset({"eve"})
-_PUBLISH_BATCH: Final = 64
+_PUBLISH_BATCH: Final = 8  # aiomqtt warns above 10 concurrent publishes
+_ACK_BATCH: Final = 256
 
 
 def consumer_secret_name(slot: str) -> str:
@@ -337,13 +338,12 @@ class MqttPublisher:
             )
             self.outbox.mark_published([e.key_id for e in batch])
             if self.mqtt.plaintext_keys_auto_ack:
-                for entry in batch:
-                    if self.outbox.deliver(entry.key_id):
-                        _log.warning(
-                            "plaintext key counted delivered on the broker's PUBACK "
-                            "(plaintext_keys_auto_ack): no consumer confirmed it",
-                            key_id=entry.key_id,
-                        )
+                for key_id in self.outbox.deliver_many([e.key_id for e in batch]):
+                    _log.warning(
+                        "plaintext key counted delivered on the broker's PUBACK "
+                        "(plaintext_keys_auto_ack): no consumer confirmed it",
+                        key_id=key_id,
+                    )
                 self._check_store_full()
 
     async def _republish(self, client: aiomqtt.Client) -> None:
@@ -447,45 +447,68 @@ class MqttPublisher:
     # -- incoming ---------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if topic == f"{self.topic}/cmd":
-                if message.retain:
-                    # A retained command would run again at every reconnect: refuse it.
-                    reply = self._error(
-                        _request_id_of(payload), None, "retained commands are refused"
-                    )
-                    await client.publish(f"{self.topic}/cmd/reply", reply.to_json(), qos=1)
-                    continue
-                await self._command(client, payload, message.properties)
-            elif topic.startswith(f"{self.topic}/keys/") and topic.endswith("/ack"):
-                slot = topic[len(f"{self.topic}/keys/") : -len("/ack")]
-                self._ack(slot, payload)
+        messages = aiter(client.messages)
+        ack_prefix = f"{self.topic}/keys/"
+        while True:
+            # Take what has arrived (up to a bound) so that the acknowledgements among it
+            # cost one durable transaction and one checkpoint, not one each.
+            batch = [await anext(messages)]
+            while len(client.messages) and len(batch) < _ACK_BATCH:
+                batch.append(await anext(messages))
+            acks: list[tuple[str, bytes]] = []
+            for message in batch:
+                topic = message.topic.value
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                if topic == f"{self.topic}/cmd":
+                    if message.retain:
+                        # A retained command would run again at every reconnect: refuse it.
+                        reply = self._error(
+                            _request_id_of(payload), None, "retained commands are refused"
+                        )
+                        await client.publish(f"{self.topic}/cmd/reply", reply.to_json(), qos=1)
+                        continue
+                    await self._command(client, payload, message.properties)
+                elif topic.startswith(ack_prefix) and topic.endswith("/ack"):
+                    acks.append((topic[len(ack_prefix) : -len("/ack")], payload))
+            if acks:
+                self._acks(acks)
 
-    def _ack(self, slot: str, payload: bytes) -> None:
+    def _acks(self, acks: list[tuple[str, bytes]]) -> None:
+        """Check acknowledgements; deliver the valid ones together."""
+        valid: list[str] = []
+        for slot, payload in acks:
+            key_id = self._check_ack(slot, payload)
+            if key_id is not None and key_id not in valid:
+                valid.append(key_id)
+        if not valid:
+            return
+        delivered = self.outbox.deliver_many(valid)
+        self.acks_accepted += len(delivered)
+        for key_id in delivered:
+            _log.info("key delivered", key_id=key_id)
+        self._check_store_full()
+
+    def _check_ack(self, slot: str, payload: bytes) -> str | None:
+        """The key id of a valid acknowledgement of a queued key, else None."""
         try:
             ack = AckMessage.model_validate_json(payload)
         except ValidationError:
             self.acks_rejected += 1
             _log.warning("malformed acknowledgement ignored", slot_name=slot)
-            return
+            return None
         known = self.outbox.get(ack.key_id)
         slot_key = self._slot_keys.get(slot)
         if known is None or known[1] != slot or slot_key is None:
             self.acks_rejected += 1
             _log.warning("acknowledgement for no key of this slot", key_id=ack.key_id)
-            return
+            return None
         if not slot_key.check_ack(ack.key_id, ack.tag):
             self.acks_rejected += 1
             _log.warning("forged acknowledgement ignored (bad tag)", key_id=ack.key_id)
-            return
+            return None
         if known[0] is OutboxState.DELIVERED:
-            return  # a repeated acknowledgement of a duplicate: already done
-        if self.outbox.deliver(ack.key_id):
-            self.acks_accepted += 1
-            _log.info("key delivered", key_id=ack.key_id, slot_name=slot)
-            self._check_store_full()
+            return None  # a repeated acknowledgement of a duplicate: already done
+        return ack.key_id
 
     async def _command(self, client: aiomqtt.Client, payload: bytes, props: Any) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None

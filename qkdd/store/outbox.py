@@ -113,6 +113,16 @@ class Outbox:
                 [(now, key_id) for key_id in key_ids],
             )
 
+    def deliver_many(self, key_ids: list[str]) -> list[str]:
+        """:meth:`deliver` for several keys in one durable transaction (one fsync, one
+        checkpoint); returns the ids that were queued and are now delivered."""
+        delivered = []
+        with self.store.transaction(durable=True):
+            for key_id in key_ids:
+                if self.deliver(key_id):
+                    delivered.append(key_id)
+        return delivered
+
     def deliver(self, key_id: str) -> bool:
         """The consumer acknowledged: queued → delivered, erasing the message and the key's
         material in one durable transaction. False if it was not queued (a duplicate
