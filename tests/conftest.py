@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,12 @@ def _reset_logging() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def mosquitto_bin() -> str:
     """The Mosquitto binary; missing is a skip locally and a failure in CI."""
-    binary = find_mosquitto()
+    return require_mosquitto(find_mosquitto(), os.environ)
+
+
+def require_mosquitto(binary: str | None, environ: Mapping[str, str]) -> str:
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
+        if environ.get("CI", "").lower() == "true":
             pytest.fail("mosquitto is required in CI (apt-get install mosquitto mosquitto-clients)")
         pytest.skip("mosquitto is not installed")
     return binary

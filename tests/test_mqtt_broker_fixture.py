@@ -105,3 +105,13 @@ def test_password_file_written_without_mosquitto_passwd(
         timeout=10,
     )
     assert bad.returncode != 0
+
+
+def test_a_missing_broker_fails_in_ci_and_skips_elsewhere() -> None:
+    from tests.conftest import require_mosquitto
+
+    with pytest.raises(pytest.fail.Exception, match="required in CI"):
+        require_mosquitto(None, {"CI": "true"})
+    with pytest.raises(pytest.skip.Exception):
+        require_mosquitto(None, {})
+    assert require_mosquitto("/usr/sbin/mosquitto", {"CI": "true"}) == "/usr/sbin/mosquitto"
