@@ -14,7 +14,7 @@ import aiomqtt
 import pytest
 
 from qkdd.logging import configure_logging
-from qkdd.mqtt.consumer import KeyConsumer, ReceivedKey
+from qkdd.mqtt.consumer import ConsumerStore, KeyConsumer, ReceivedKey
 from qkdd.mqtt.messages import AckMessage, KeyMetadata, SealedKeyMessage
 from qkdd.mqtt.publisher import MqttPublisher
 from qkdd.mqtt.sealing import SlotKey
@@ -342,4 +342,45 @@ async def test_keys_never_handed_to_the_publisher_are_still_sealed_and_delivered
         await wait_until(lambda: pub.acks_accepted == 3)
     assert sorted(collector.keys) == sorted(m.key_id for m in metas)
     consumer.close()
+    store.close()
+
+
+async def test_broker_killed_while_keys_are_outstanding_every_key_arrives_once(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, secrets_: dict[str, bytes]
+) -> None:
+    """The quick version of tests/test_mqtt_faults.py: SIGKILL the broker while keys wait
+    for a consumer that is away; after the restart each key is delivered exactly once."""
+    store = open_node_store(tmp_path / "alice", secrets_)
+    pub = publisher(mqtt_broker, store, "alice", republish_interval_s=0.5)
+    collector = Collector()
+    config = consumer_config(
+        mqtt_broker, tmp_path / "c", node="alice", link=LINK, slot="kms", secret=secrets_["kms"]
+    )
+    async with running(pub):
+        # the consumer registers its session, then goes away
+        first = KeyConsumer(config, collector)
+        async with running(first):
+            pass
+        first.close()
+        for block in range(3):
+            metas = commit_test_block(store, LINK, ["kms"], block, 4, seed=SEED)
+            pub.on_keys_committed(metas[0].block_id, metas)
+        await asyncio.sleep(0.3)
+        for _ in range(2):
+            mqtt_broker.kill()
+            await asyncio.sleep(0.3)
+            mqtt_broker.start()
+            await wait_until(pub.connected.is_set)
+        consumer = KeyConsumer(config, collector)
+        async with running(consumer):
+            await wait_until(lambda: len(collector.keys) == 12)
+            await wait_until(lambda: pub.outbox.count_queued() == 0)
+            await asyncio.sleep(1.2)  # two more republish ticks: nothing arrives twice
+    consumer.close()
+    expected = [f"{LINK}-b{b}-k{i}" for b in range(3) for i in range(4)]
+    assert sorted(collector.handed) == sorted(expected)
+    assert all(collector.keys[k] == key_material(SEED, k, 256) for k in expected)
+    consumer_store = ConsumerStore(config.consumer.state_dir)
+    assert sorted(consumer_store.ids()) == sorted(expected)
+    consumer_store.close()
     store.close()
