@@ -64,7 +64,11 @@ class NodeSection(BaseModel):
 class LoggingSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    level: str = Field(default="info", pattern="^(debug|info|warning|error|critical)$")
+    level: str = Field(
+        default="info",
+        pattern="^(debug|info|warning|error|critical)$",
+        description="debug, info, warning, error or critical",
+    )
     json_lines: bool | None = Field(
         default=None, alias="json", description="JSON lines (default: when not on a terminal)"
     )

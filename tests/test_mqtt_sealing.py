@@ -96,7 +96,11 @@ def test_anything_bound_to_the_key_changed_or_a_wrong_secret_fails() -> None:
 @settings(max_examples=40, deadline=None)
 @given(
     bits=st.integers(1, 4096),
-    key_id=st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=40),
+    key_id=st.text(
+        st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=40,
+    ),
 )
 def test_round_trip_any_length_and_id(bits: int, key_id: str) -> None:
     slot_key = SlotKey.derive(b"s" * 32, "link1", "kms")

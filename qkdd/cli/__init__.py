@@ -56,5 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qkdd.logging import configure_logging
 
     configure_logging(args.log_level)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`qkdd ... | head`): not an error of ours.
+        sys.stderr.close()
+        return EXIT_OK
     return result

@@ -19,6 +19,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("file", type=Path, help="node config (TOML)")
     parser.set_defaults(func=check_config)
 
+    schema: argparse.ArgumentParser = subparsers.add_parser(
+        "config-schema", help="print the node config's JSON Schema (or the markdown reference)"
+    )
+    schema.add_argument(
+        "--markdown", action="store_true", help="the reference of docs/config-reference.md"
+    )
+    schema.set_defaults(func=config_schema)
+
+
+def config_schema(args: argparse.Namespace) -> int:
+    from qkdd.config_reference import json_schema, markdown_reference
+
+    print(
+        markdown_reference() if args.markdown else json_schema(), end="" if args.markdown else "\n"
+    )
+    return 0
+
 
 def check_config(args: argparse.Namespace) -> int:
     try:

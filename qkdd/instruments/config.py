@@ -100,11 +100,11 @@ class SerialSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    baudrate: int = Field(default=9600, gt=0)
-    bytesize: int = Field(default=8, ge=5, le=8)
-    parity: str = Field(default="N", pattern="^[NEOMS]$")
-    stopbits: float = 1
-    rtscts: bool = False
+    baudrate: int = Field(default=9600, gt=0, description="bits per second")
+    bytesize: int = Field(default=8, ge=5, le=8, description="data bits")
+    parity: str = Field(default="N", pattern="^[NEOMS]$", description="N, E, O, M or S")
+    stopbits: float = Field(default=1, description="1, 1.5 or 2")
+    rtscts: bool = Field(default=False, description="RTS/CTS hardware flow control")
 
 
 class InstrumentConfig(BaseModel):

@@ -79,8 +79,10 @@ def is_loopback(host: str) -> bool:
 
 
 class ConsumerSlot(BaseModel):
-    """One ``[[consumers]]`` entry: a named slot, the same names at both ends of a link
-    (checked in the handshake). Key i of a block goes to slot i mod (number of slots)."""
+    """A key consumer slot, named alike at both ends of the link (checked in the handshake).
+
+    Key i of a block goes to slot i mod (number of slots); each end registers its local
+    consumer of the slot with ``qkdd consumer add NAME``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,0 +1,527 @@
+"""Rate-adaptive one-way LDPC reconciliation (the production reconciler).
+
+Protocol (Slepian–Wolf syndrome coding with rate adaptation, Elkouss,
+Martinez-Mateo, Lancho & Martin, arXiv:1006.2660; blind retries as in
+Martinez-Mateo et al., QIC 12, 791 (2012)):
+
+1. Alice splits her key into frames. Each frame is one codeword of a shipped
+   mother code (n bits, m checks): k key bits, p punctured positions filled
+   with fresh secret random bits, s shortened positions fixed to 0 and known
+   to both. From the public QBER estimate q she picks, per frame, the code and
+   (p, s) such that the leakage m − p equals ⌈f₀·k·h(q)⌉. She sends the
+   syndromes. Leakage: m bits, of which p are masked by the punctured random
+   bits — the punctured columns have full rank by construction (untainted
+   puncturing, see tools/make_ldpc_codes.py), so the syndrome is a function
+   of m − p key-dependent bits plus independent uniform noise: λ += m − p.
+2. Bob decodes every frame (layered sum-product, :mod:`.decoder`) and answers
+   one success bit per frame (λ += 1 per frame and attempt: the outcome
+   depends on the error pattern).
+3. For failed frames Alice reveals more bits — first the values of punctured
+   positions (each one removes one bit of credit: λ += 1), then key bits —
+   and Bob decodes again. At most ``MAX_ATTEMPTS`` = 3 attempts, so ≤ 3 round
+   trips; frames still failing are dropped at both ends (their leakage still
+   counts).
+
+λ_EC = Σ (m − p) + revealed bits + one status bit per frame and attempt.
+Verification (:mod:`qkdd.postprocessing.verification`) then decides.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from qkdd.postprocessing.entropy import binary_entropy
+from qkdd.postprocessing.reconciliation.base import (
+    Bits,
+    Message,
+    Outcome,
+    Party,
+    ReconciliationError,
+    Role,
+)
+from qkdd.postprocessing.reconciliation.decoder import (
+    DEFAULT_MAX_ITERATIONS,
+    KNOWN_LLR,
+    PHI_SCALE,
+    PHI_TABLE,
+    decode,
+    syndrome,
+)
+
+MAX_ATTEMPTS = 3
+#: Extra leakage of the second attempt, as a fraction of k·h(q) of the frame;
+#: the third attempt reveals twice as much again.
+RETRY_FRACTION = 0.08
+#: Frames are not split below this many key bits.
+MIN_FRAME_KEY_BITS = 1024
+#: Smallest QBER used to size a frame (an estimate of 0 still needs some syndrome).
+MIN_QBER = 0.002
+#: Starting efficiency f₀ by QBER: where at most about 10 % of frames of the
+#: shipped codes fail their first attempt (measured with 12 frames per point at
+#: 1, 2, 3 and 5 %; the higher-QBER points follow the codes' design margins).
+#: Linear interpolation in between.
+_F0_TABLE = ((0.01, 1.30), (0.02, 1.22), (0.03, 1.18), (0.05, 1.12), (0.08, 1.10), (0.11, 1.08))
+
+
+def default_efficiency(qber: float) -> float:
+    """Starting f₀ for a QBER estimate, from the table measured on the shipped codes."""
+    qs = [q for q, _ in _F0_TABLE]
+    fs = [f for _, f in _F0_TABLE]
+    return float(np.interp(qber, qs, fs))
+
+
+@dataclass(frozen=True, eq=False)
+class LdpcCode:
+    """A mother code: parity-check matrix in CSR form (rows = checks) and its puncturing order."""
+
+    name: str
+    n: int
+    m: int
+    check_ptr: npt.NDArray[np.int32]
+    check_vars: npt.NDArray[np.int32]
+    puncture_order: npt.NDArray[np.int32]
+    design_qber: float
+
+    @property
+    def rate(self) -> float:
+        return 1.0 - self.m / self.n
+
+    def syndrome(self, word: Bits) -> Bits:
+        return syndrome(self.check_ptr, self.check_vars, word)
+
+    @functools.cached_property
+    def edge_checks(self) -> npt.NDArray[np.int64]:
+        """Check index of every edge (row of each CSR entry)."""
+        return np.repeat(np.arange(self.m, dtype=np.int64), np.diff(self.check_ptr))
+
+    def without_known(
+        self, known: npt.NDArray[np.bool_], values: Bits, target: Bits
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], Bits]:
+        """The graph with known (shortened or revealed) columns folded into the syndrome.
+
+        A known bit only shifts its checks' parity, so decoding the smaller
+        graph against target ⊕ H_known·values is the same problem with fewer
+        edges to update.
+        """
+        keep = ~known[self.check_vars]
+        rows = self.edge_checks
+        ptr = np.zeros(self.m + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows[keep], minlength=self.m), out=ptr[1:])
+        dropped = ~keep
+        shift = np.bincount(
+            rows[dropped], weights=values[self.check_vars[dropped]], minlength=self.m
+        ).astype(np.int64)
+        folded = (target ^ (shift & 1)).astype(np.uint8)
+        return ptr, np.ascontiguousarray(self.check_vars[keep]), folded
+
+    def __repr__(self) -> str:
+        return f"LdpcCode({self.name}, n={self.n}, m={self.m}, rate={self.rate:.3f})"
+
+
+def load_code(path: Path) -> LdpcCode:
+    with np.load(path) as z:
+        return LdpcCode(
+            name=path.stem,
+            n=int(z["n"]),
+            m=int(z["m"]),
+            check_ptr=np.ascontiguousarray(z["check_ptr"], dtype=np.int32),
+            check_vars=np.ascontiguousarray(z["check_vars"], dtype=np.int32),
+            puncture_order=np.ascontiguousarray(z["puncture_order"], dtype=np.int32),
+            design_qber=float(z["design_qber"]),
+        )
+
+
+@functools.cache
+def shipped_codes() -> tuple[LdpcCode, ...]:
+    """The mother codes shipped as package data, by increasing rate."""
+    root = resources.files("qkdd.postprocessing.reconciliation") / "codes"
+    codes = []
+    for entry in root.iterdir():
+        if entry.name.endswith(".npz"):
+            with resources.as_file(entry) as path:
+                codes.append(load_code(Path(path)))
+    if not codes:
+        raise ReconciliationError("no LDPC codes shipped (run tools/make_ldpc_codes.py)")
+    return tuple(sorted(codes, key=lambda c: c.rate))
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Public layout of one frame: which code, how many key, punctured, shortened bits."""
+
+    code: int
+    key_bits: int
+    punctured: int
+    shortened: int
+
+
+def plan_frames(
+    total_bits: int, qber: float, codes: Sequence[LdpcCode], efficiency: float
+) -> list[FramePlan]:
+    """Frames whose leakage m − p is ⌈f₀·k·h(q)⌉ each, keeping punctured bits in reserve.
+
+    A revealed punctured bit tells Bob one full bit he did not have, a revealed
+    key bit only h(q) of one, so each frame should keep at least the first
+    retry's worth of punctured positions (:func:`_reserve`). Puncturing beyond
+    that costs decoding margin, shortening does not. Among frame counts from
+    the fewest feasible up to 50 % more (more frames: smaller k, so more
+    puncturing on the same code), the plan with the smallest reserve
+    shortfall wins, then the least puncturing, then the fewest frames.
+    """
+    if total_bits <= 0:
+        raise ReconciliationError("nothing to reconcile")
+    hq = binary_entropy(max(qber, MIN_QBER))
+    best: tuple[int, int, int, list[FramePlan]] | None = None
+    first_feasible: int | None = None
+    for frames in range(1, total_bits + 1):
+        if first_feasible is not None and frames > first_feasible * 3 // 2 + 1:
+            break
+        base, extra = divmod(total_bits, frames)
+        if base < MIN_FRAME_KEY_BITS and frames > 1:
+            break
+        sizes = [base + 1] * extra + [base] * (frames - extra)
+        fitted = [_fit(k, hq, codes, efficiency) for k in sizes]
+        if any(p is None for p in fitted):
+            continue
+        plans = [p for p in fitted if p is not None]
+        if first_feasible is None:
+            first_feasible = frames
+        shortfall = sum(max(0, _reserve(p.key_bits, hq) - p.punctured) for p in plans)
+        score = (shortfall, sum(p.punctured for p in plans), frames, plans)
+        if best is None or score[:3] < best[:3]:
+            best = score
+    if best is None:
+        raise ReconciliationError(f"no shipped code reaches QBER {qber}")
+    return best[3]
+
+
+def _reserve(k: int, hq: float) -> int:
+    """Punctured positions a frame keeps for its first retry."""
+    return math.ceil(RETRY_FRACTION * k * hq)
+
+
+def _fit(k: int, hq: float, codes: Sequence[LdpcCode], efficiency: float) -> FramePlan | None:
+    """The frame layout leaking ⌈f₀·k·h(q)⌉ bits, punctured close to the reserve.
+
+    A frame too short for any code to puncture that far leaks m − p_max
+    instead (more than asked, never less): small blocks pay a higher f.
+    """
+    leak = math.ceil(efficiency * k * hq)
+    reserve = _reserve(k, hq)
+    best: tuple[int, int, int, FramePlan] | None = None
+    for i, code in enumerate(codes):
+        p = min(code.m - leak, code.puncture_order.size)
+        s = code.n - k - p
+        if p < 0 or s < 0:
+            continue
+        rank = (code.m - p, max(0, reserve - p), p)
+        if best is None or rank < best[:3]:
+            best = (*rank, FramePlan(code=i, key_bits=k, punctured=p, shortened=s))
+    return None if best is None else best[3]
+
+
+@dataclass(frozen=True, eq=False)
+class _Layout:
+    punctured: npt.NDArray[np.int64]
+    shortened: npt.NDArray[np.int64]
+    key: npt.NDArray[np.int64]
+    reveal_order: npt.NDArray[np.int64]  # punctured (last first), then key positions
+
+
+def _layout(code: LdpcCode, plan: FramePlan, public_seed: int, frame: int) -> _Layout:
+    """Positions of a frame, a public function of the plan and the public seed."""
+    punctured = code.puncture_order[: plan.punctured].astype(np.int64)
+    free = np.ones(code.n, dtype=bool)
+    free[punctured] = False
+    rest = np.flatnonzero(free)
+    rng = np.random.default_rng([public_seed, frame])
+    perm = rng.permutation(rest.size)
+    shortened = np.sort(rest[perm[: plan.shortened]])
+    key = np.sort(rest[perm[plan.shortened :]])
+    reveal = np.concatenate([punctured[::-1], rng.permutation(key)])
+    return _Layout(punctured=punctured, shortened=shortened, key=key, reveal_order=reveal)
+
+
+def _retry_reveal(plan: FramePlan, qber: float, attempt: int) -> int:
+    """Bits revealed before attempt 2, 3, …: RETRY_FRACTION·k·h(q), doubling."""
+    scale = RETRY_FRACTION * (1 << (attempt - 2))
+    return max(1, math.ceil(scale * plan.key_bits * binary_entropy(max(qber, MIN_QBER))))
+
+
+class LdpcAlice(Party):
+    """Alice's end: sends syndromes, reveals bits for frames Bob could not decode."""
+
+    def __init__(
+        self,
+        key: Bits,
+        qber: float,
+        *,
+        efficiency: float | None = None,
+        codes: Sequence[LdpcCode] | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(Role.ALICE)
+        self._key = np.ascontiguousarray(key, dtype=np.uint8)
+        self._qber = float(qber)
+        self._eff = default_efficiency(qber) if efficiency is None else float(efficiency)
+        self._codes = tuple(codes) if codes is not None else shipped_codes()
+        self._random_bytes = random_bytes
+        self._plans: list[FramePlan] = []
+        self._layouts: list[_Layout] = []
+        self._words: list[Bits] = []
+        self._revealed: list[int] = []
+        self._ok: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._attempts = 0
+        self._done = False
+
+    def _start(self) -> Message:
+        self._plans = plan_frames(self._key.size, self._qber, self._codes, self._eff)
+        seed = int.from_bytes(self._random_bytes(8), "little")
+        syndromes = []
+        offset = 0
+        for f, plan in enumerate(self._plans):
+            code = self._codes[plan.code]
+            lay = _layout(code, plan, seed, f)
+            word = np.zeros(code.n, dtype=np.uint8)
+            word[lay.key] = self._key[offset : offset + plan.key_bits]
+            offset += plan.key_bits
+            # Punctured positions carry fresh secret random bits: they are what
+            # masks p of the m syndrome bits.
+            word[lay.punctured] = np.unpackbits(
+                np.frombuffer(self._random_bytes(-(-plan.punctured // 8)), dtype=np.uint8),
+                count=plan.punctured,
+            )
+            self._layouts.append(lay)
+            self._words.append(word)
+            syndromes.append(code.syndrome(word))
+        self._revealed = [0] * len(self._plans)
+        self._ok = np.zeros(len(self._plans), dtype=bool)
+        self._attempts = 1
+        return Message(
+            sender=Role.ALICE,
+            kind="ldpc.syndromes",
+            disclosed={"syndromes": np.concatenate(syndromes)},
+            public={
+                "qber": self._qber,
+                "seed": seed,
+                "codes": ",".join(self._codes[p.code].name for p in self._plans),
+                "key_bits": np.array([p.key_bits for p in self._plans], dtype=np.int64),
+                "punctured": np.array([p.punctured for p in self._plans], dtype=np.int64),
+                "shortened": np.array([p.shortened for p in self._plans], dtype=np.int64),
+            },
+            credit=sum(p.punctured for p in self._plans),
+        )
+
+    def _receive(self, message: Message) -> Message | None:
+        if message.kind != "ldpc.status" or self._done:
+            raise ReconciliationError(f"Alice did not expect {message.kind!r}")
+        pending = np.flatnonzero(~self._ok)
+        status = message.disclosed["decoded"]
+        if status.size != pending.size:
+            raise ReconciliationError("status does not match the pending frames")
+        self._ok[pending[status == 1]] = True
+        failed = np.flatnonzero(~self._ok)
+        if failed.size == 0 or self._attempts >= MAX_ATTEMPTS:
+            self._done = True
+            return None
+        self._attempts += 1
+        values = []
+        counts = []
+        for f in failed:
+            lay = self._layouts[f]
+            count = min(
+                _retry_reveal(self._plans[f], self._qber, self._attempts),
+                lay.reveal_order.size - self._revealed[f],
+            )
+            positions = lay.reveal_order[self._revealed[f] : self._revealed[f] + count]
+            self._revealed[f] += count
+            values.append(self._words[f][positions])
+            counts.append(count)
+        return Message(
+            sender=Role.ALICE,
+            kind="ldpc.reveal",
+            disclosed={"values": np.concatenate(values).astype(np.uint8)},
+            public={"frames": failed.astype(np.int64), "counts": np.array(counts, dtype=np.int64)},
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def outcome(self) -> Outcome:
+        if not self._done:
+            raise ReconciliationError("Alice has not finished")
+        parts = [
+            w[lay.key]
+            for w, lay, ok in zip(self._words, self._layouts, self._ok, strict=True)
+            if ok
+        ]
+        key = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+        return Outcome(
+            role=self.role,
+            key=key,
+            success=bool(self._ok.all()),
+            leaked_bits=self.ledger.leaked_bits,
+            round_trips=self.ledger.round_trips,
+            frames=len(self._plans),
+            failed_frames=int((~self._ok).sum()),
+        )
+
+
+class LdpcBob(Party):
+    """Bob's end: decodes each frame from Alice's syndrome and his own bits."""
+
+    def __init__(
+        self,
+        key: Bits,
+        *,
+        codes: Sequence[LdpcCode] | None = None,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
+        workers: int = 1,
+    ) -> None:
+        """``workers`` > 1 decodes frames on that many threads (the decoder releases the GIL)."""
+        super().__init__(Role.BOB)
+        if workers < 1:
+            raise ReconciliationError("workers must be at least 1")
+        self._workers = workers
+        self._key = np.ascontiguousarray(key, dtype=np.uint8)
+        self._codes = tuple(codes) if codes is not None else shipped_codes()
+        self._by_name = {c.name: i for i, c in enumerate(self._codes)}
+        self._max_iterations = max_iterations
+        self._plans: list[FramePlan] = []
+        self._layouts: list[_Layout] = []
+        self._llrs: list[npt.NDArray[np.float32]] = []
+        self._targets: list[Bits] = []
+        self._words: list[Bits] = []
+        self._revealed: list[int] = []
+        self._ok: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._attempts = 0
+        self._done = False
+
+    def _receive(self, message: Message) -> Message:
+        if message.kind == "ldpc.syndromes" and self._attempts == 0:
+            self._setup(message)
+        elif message.kind == "ldpc.reveal" and 0 < self._attempts < MAX_ATTEMPTS:
+            self._apply_reveal(message)
+        else:
+            raise ReconciliationError(f"Bob did not expect {message.kind!r} now")
+        self._attempts += 1
+        pending = [int(f) for f in np.flatnonzero(~self._ok)]
+        if self._workers > 1 and len(pending) > 1:
+            with ThreadPoolExecutor(max_workers=self._workers) as pool:
+                results = list(pool.map(self._decode, pending))
+        else:
+            results = [self._decode(f) for f in pending]
+        status = np.array(results, dtype=np.uint8)
+        if bool(self._ok.all()) or self._attempts >= MAX_ATTEMPTS:
+            self._done = True
+        return Message(sender=Role.BOB, kind="ldpc.status", disclosed={"decoded": status})
+
+    def _setup(self, message: Message) -> None:
+        pub = message.public
+        names = str(pub["codes"]).split(",")
+        key_bits = np.asarray(pub["key_bits"], dtype=np.int64)
+        punct = np.asarray(pub["punctured"], dtype=np.int64)
+        short = np.asarray(pub["shortened"], dtype=np.int64)
+        if int(key_bits.sum()) != self._key.size:
+            raise ReconciliationError("Alice's frames do not cover Bob's key")
+        seed = int(pub["seed"])
+        qber = max(float(pub["qber"]), MIN_QBER)
+        channel_llr = np.float32(math.log((1 - qber) / qber))
+        syndromes = message.disclosed["syndromes"]
+        offset = 0
+        s_offset = 0
+        expected_credit = 0
+        for f, name in enumerate(names):
+            if name not in self._by_name:
+                raise ReconciliationError(f"Bob does not have LDPC code {name}")
+            plan = FramePlan(self._by_name[name], int(key_bits[f]), int(punct[f]), int(short[f]))
+            code = self._codes[plan.code]
+            if plan.key_bits + plan.punctured + plan.shortened != code.n:
+                raise ReconciliationError("frame layout does not fill the codeword")
+            lay = _layout(code, plan, seed, f)
+            llr = np.zeros(code.n, dtype=np.float32)
+            llr[lay.shortened] = KNOWN_LLR
+            mine = self._key[offset : offset + plan.key_bits]
+            offset += plan.key_bits
+            llr[lay.key] = np.where(mine == 0, channel_llr, -channel_llr)
+            self._plans.append(plan)
+            self._layouts.append(lay)
+            self._llrs.append(llr)
+            self._targets.append(syndromes[s_offset : s_offset + code.m])
+            s_offset += code.m
+            expected_credit += plan.punctured
+        if s_offset != syndromes.size or message.credit != expected_credit:
+            raise ReconciliationError("syndrome length or leakage credit does not match the plan")
+        self._words = [np.zeros(0, dtype=np.uint8)] * len(self._plans)
+        self._revealed = [0] * len(self._plans)
+        self._ok = np.zeros(len(self._plans), dtype=bool)
+
+    def _apply_reveal(self, message: Message) -> None:
+        frames = np.asarray(message.public["frames"], dtype=np.int64)
+        counts = np.asarray(message.public["counts"], dtype=np.int64)
+        values = message.disclosed["values"]
+        if (
+            not np.array_equal(frames, np.flatnonzero(~self._ok))
+            or int(counts.sum()) != values.size
+        ):
+            raise ReconciliationError("revealed bits do not match the failed frames")
+        at = 0
+        for f, count in zip(frames, counts, strict=True):
+            lay = self._layouts[f]
+            positions = lay.reveal_order[self._revealed[f] : self._revealed[f] + count]
+            self._revealed[f] += int(count)
+            vals = values[at : at + count]
+            at += int(count)
+            self._llrs[f][positions] = np.where(vals == 0, KNOWN_LLR, -KNOWN_LLR)
+
+    def _decode(self, f: int) -> int:
+        code = self._codes[self._plans[f].code]
+        llr = self._llrs[f]
+        known = np.abs(llr) >= KNOWN_LLR
+        ptr, cols, target = code.without_known(known, (llr < 0).astype(np.uint8), self._targets[f])
+        word, ok, _ = decode(
+            ptr,
+            cols,
+            llr,
+            target,
+            self._max_iterations,
+            PHI_TABLE,
+            PHI_SCALE,
+        )
+        self._words[f] = word
+        self._ok[f] = ok
+        return 1 if ok else 0
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def outcome(self) -> Outcome:
+        if not self._done:
+            raise ReconciliationError("Bob has not finished")
+        parts = [
+            w[lay.key]
+            for w, lay, ok in zip(self._words, self._layouts, self._ok, strict=True)
+            if ok
+        ]
+        key = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+        return Outcome(
+            role=self.role,
+            key=key,
+            success=bool(self._ok.all()),
+            leaked_bits=self.ledger.leaked_bits,
+            round_trips=self.ledger.round_trips,
+            frames=len(self._plans),
+            failed_frames=int((~self._ok).sum()),
+        )
