@@ -19,7 +19,7 @@ from qkdd.mqtt.messages import AckMessage, KeyMetadata, SealedKeyMessage
 from qkdd.mqtt.publisher import MqttPublisher
 from qkdd.mqtt.sealing import SlotKey
 from qkdd.store import KeyState, KeyStore, StateStore
-from qkdd.store.outbox import Outbox
+from qkdd.store.outbox import Outbox, OutboxState
 from tests.mqtt_broker import (
     Collector,
     MosquittoBroker,
@@ -175,7 +175,7 @@ async def test_foreign_key_and_forged_acknowledgements_are_rejected(
     )
     metas = commit_test_block(store, LINK, SLOTS, 0, 2)
     topic = f"qkd/alice/links/{LINK}"
-    async with running(pub, consumer):
+    async with running(consumer), running(pub):  # consumer first: no session yet
         async with aiomqtt.Client(
             mqtt_broker.host, mqtt_broker.port, identifier="intruder"
         ) as evil:
@@ -204,23 +204,30 @@ async def test_foreign_key_and_forged_acknowledgements_are_rejected(
             await wait_until(lambda: consumer.rejected == 2)
             assert "injected" not in consumer.store.ids() and "flipped" not in consumer.store.ids()
 
-            # 2. forged acknowledgements leave the key queued
+            # 2. forged acknowledgements of the app slot's key (it has no consumer here,
+            # so only a forgery could deliver it) leave it queued
             kms_key = next(m for m in metas if m.consumer_slot == "kms")
+            app_key = next(m for m in metas if m.consumer_slot == "app")
+            kms_slot_key = SlotKey.derive(secrets_["kms"], LINK, "kms")
             forged = [
-                AckMessage(key_id=kms_key.key_id, tag=os.urandom(32)),  # random tag
-                AckMessage(key_id=kms_key.key_id, tag=wrong.ack_tag(kms_key.key_id)),  # wrong key
-                # a valid tag of the app slot replayed on the kms ack topic
-                AckMessage(
-                    key_id=kms_key.key_id,
-                    tag=SlotKey.derive(secrets_["app"], LINK, "app").ack_tag(kms_key.key_id),
+                ("app", AckMessage(key_id=app_key.key_id, tag=os.urandom(32))),  # random tag
+                ("app", AckMessage(key_id=app_key.key_id, tag=wrong.ack_tag(app_key.key_id))),
+                # the kms consumer's valid tag for that id, on either ack topic
+                (
+                    "app",
+                    AckMessage(key_id=app_key.key_id, tag=kms_slot_key.ack_tag(app_key.key_id)),
+                ),
+                (
+                    "kms",
+                    AckMessage(key_id=app_key.key_id, tag=kms_slot_key.ack_tag(app_key.key_id)),
                 ),
             ]
-            for ack in forged:
-                await evil.publish(f"{topic}/keys/kms/ack", ack.to_json(), qos=1)
-            await evil.publish(f"{topic}/keys/kms/ack", b"not json", qos=1)
-            await wait_until(lambda: pub.acks_rejected == 4)
-            assert Outbox(store).get(kms_key.key_id) is not None
-            assert KeyStore(store).list(KeyState.COMMITTED)  # nothing delivered by forgery
+            for slot, ack in forged:
+                await evil.publish(f"{topic}/keys/{slot}/ack", ack.to_json(), qos=1)
+            await evil.publish(f"{topic}/keys/app/ack", b"not json", qos=1)
+            await wait_until(lambda: pub.acks_rejected == 5)
+            assert Outbox(store).get(app_key.key_id) == (OutboxState.QUEUED, "app")
+            assert [m.key_id for m in KeyStore(store).list(KeyState.COMMITTED)] == [app_key.key_id]
 
         # 3. the real consumer's key arrives once the daemon publishes it
         pub.on_keys_committed(metas[0].block_id, metas)
@@ -284,7 +291,8 @@ async def test_unacknowledged_keys_are_republished_identically_after_restart_and
             collector,
         )
         pub = publisher(mqtt_broker, store, "alice")
-        async with running(pub, consumer):
+        # the consumer subscribes first: it has no session yet to hold what comes before
+        async with running(consumer), running(pub):
             await wait_until(lambda: len(collector.keys) == 2)
             await wait_until(lambda: Outbox(store).queued("kms") == [])
         consumer.close()
