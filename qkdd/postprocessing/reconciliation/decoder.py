@@ -59,6 +59,35 @@ PHI_SCALE = 23 - PHI_MANTISSA_BITS
 PHI_OFFSET = (127 + PHI_LOW_EXP) << PHI_MANTISSA_BITS
 
 
+@numba.njit(cache=True, nogil=True)
+def fold_known(
+    check_ptr: npt.NDArray[np.int32],
+    check_vars: npt.NDArray[np.int32],
+    known: npt.NDArray[np.bool_],
+    values: npt.NDArray[np.uint8],
+    target: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
+    """The graph without the known columns, their values folded into the target (one pass)."""
+    m = check_ptr.size - 1
+    ptr = np.empty(m + 1, dtype=np.int32)
+    cols = np.empty(check_vars.size, dtype=np.int32)
+    folded = np.empty(m, dtype=np.uint8)
+    at = 0
+    ptr[0] = 0
+    for c in range(m):
+        acc = target[c]
+        for e in range(check_ptr[c], check_ptr[c + 1]):
+            v = check_vars[e]
+            if known[v]:
+                acc ^= values[v]
+            else:
+                cols[at] = v
+                at += 1
+        ptr[c + 1] = at
+        folded[c] = acc
+    return ptr, cols[:at].copy(), folded
+
+
 def _phi_table() -> npt.NDArray[np.float32]:
     """φ(x) = −ln tanh(x/2) at the geometric centre of every bin (last bin: 0)."""
     i = np.arange((PHI_HIGH_EXP - PHI_LOW_EXP) << PHI_MANTISSA_BITS)
