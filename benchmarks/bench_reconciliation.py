@@ -10,6 +10,11 @@ cascade-python), run in the same process on the same keys.
     python benchmarks/bench_reconciliation.py [--sizes 100000 1000000] \
         [--qbers 0.01 0.02 0.05] [--baseline-sizes 100000] [--fer-frames 0] [--json]
 
+"Mbit/s" is wall-clock throughput; "CPU" (``cpu_bits_per_s`` in JSON) is n
+over the process's CPU time, i.e. per core (every method here runs on one
+thread), the figure that does not depend on other load on a shared machine.
+Speed-ups are wall-clock ratios within the same run.
+
 ``--fer-frames N`` additionally decodes N more LDPC frames per QBER to
 estimate the frame error rate (reported with the number of frames and, when
 no frame fails, the 95 % upper bound 3/N).
@@ -117,16 +122,18 @@ def _keys(n: int, qber: float, seed: int) -> tuple[Bits, Bits, float]:
     return alice, alice ^ errors, float(errors.sum()) / n
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+def _timed_cpu(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Result, wall seconds and CPU seconds of this process (one core: no worker threads)."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_ldpc(n: int, qber: float, seed: int) -> dict[str, Any]:
     alice, bob, e = _keys(n, qber, seed)
     rng = np.random.default_rng(seed + 1)
-    run, dt = _timed(
+    run, dt, cpu = _timed_cpu(
         lambda: run_local(LdpcAlice(alice, qber, random_bytes=rng.bytes), LdpcBob(bob))
     )
     wrong = int(run.alice.key.size != run.bob.key.size or np.any(run.alice.key != run.bob.key))
@@ -141,6 +148,7 @@ def run_ldpc(n: int, qber: float, seed: int) -> dict[str, Any]:
         "failed_frames": run.alice.failed_frames,
         "round_trips": run.ledger.round_trips,
         "bits_per_s": n / dt,
+        "cpu_bits_per_s": n / cpu,
         "seconds": dt,
     }
 
@@ -148,7 +156,7 @@ def run_ldpc(n: int, qber: float, seed: int) -> dict[str, Any]:
 def run_cascade(n: int, qber: float, seed: int, params: CascadeParams, name: str) -> dict[str, Any]:
     alice, bob, e = _keys(n, qber, seed)
     rng = np.random.default_rng(seed + 1)
-    run, dt = _timed(
+    run, dt, cpu = _timed_cpu(
         lambda: run_local(
             CascadeAlice(alice, qber, params=params, random_bytes=rng.bytes), CascadeBob(bob)
         )
@@ -164,6 +172,7 @@ def run_cascade(n: int, qber: float, seed: int, params: CascadeParams, name: str
         "frames": 1,
         "round_trips": run.ledger.round_trips,
         "bits_per_s": n / dt,
+        "cpu_bits_per_s": n / cpu,
         "seconds": dt,
     }
 
@@ -171,7 +180,7 @@ def run_cascade(n: int, qber: float, seed: int, params: CascadeParams, name: str
 def run_baseline(n: int, qber: float, seed: int) -> dict[str, Any]:
     alice, bob, e = _keys(n, qber, seed)
     a, b = alice.tolist(), bob.tolist()
-    stats, dt = _timed(lambda: baseline_cascade(a, b, qber, seed))
+    stats, dt, cpu = _timed_cpu(lambda: baseline_cascade(a, b, qber, seed))
     ideal = n * binary_entropy(e)
     return {
         "method": "cascade-baseline-python",
@@ -183,6 +192,7 @@ def run_baseline(n: int, qber: float, seed: int) -> dict[str, Any]:
         "frames": 1,
         "round_trips": stats["messages"] // 2,
         "bits_per_s": n / dt,
+        "cpu_bits_per_s": n / cpu,
         "seconds": dt,
     }
 
@@ -264,14 +274,15 @@ def collect(
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'method':<24} {'n':>8} {'qber':>5} {'f(both)':>8} {'f(A)':>6} {'FER':>6} "
-        f"{'RT':>4} {'Mbit/s':>7} {'speedup':>8}"
+        f"{'RT':>4} {'Mbit/s':>7} {'CPU':>7} {'speedup':>8}"
     )
     for r in rows:
         fa = f"{r['f_alice_only']:.3f}" if "f_alice_only" in r else "-"
         sp = f"{r['speedup_vs_baseline']:.1f}x" if "speedup_vs_baseline" in r else "-"
+        cpu = f"{r['cpu_bits_per_s'] / 1e6:7.3f}" if "cpu_bits_per_s" in r else "-"
         print(
             f"{r['method']:<24} {r['n']:>8} {r['qber']:>5} {r['f']:8.3f} {fa:>6} "
-            f"{r['fer']:6.3f} {r['round_trips']:>4} {r['bits_per_s'] / 1e6:7.3f} {sp:>8}"
+            f"{r['fer']:6.3f} {r['round_trips']:>4} {r['bits_per_s'] / 1e6:7.3f} {cpu:>7} {sp:>8}"
         )
 
 

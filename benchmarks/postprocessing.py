@@ -4,8 +4,9 @@
 
 JSON: ``results`` holds one object per (method, n, qber) with ``method``,
 ``n``, ``qber``, ``f`` (λ_EC both ways / n·h(e)), ``fer``, ``round_trips``,
-``bits_per_s`` (and the speed-up over the plain Python Cascade baseline where
-it ran); ``pa`` and ``verification`` give throughputs at 10^6 bits.
+``bits_per_s`` (wall clock), ``cpu_bits_per_s`` (per core: n over this
+process's CPU time) and the speed-up over the plain Python Cascade baseline
+where it ran; ``pa`` and ``verification`` give throughputs at 10^6 bits.
 """
 
 from __future__ import annotations

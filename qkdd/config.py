@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from qkdd.instruments.config import Backend, InstrumentConfig
 from qkdd.instruments.interfaces import InstrumentClass
 from qkdd.link.config import PeerConfig, ProtocolConfig
-from qkdd.mqtt.config import MqttConfig
+from qkdd.mqtt.config import ConsumerSlot, MqttConfig
 from qkdd.physics.config import SimulationConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -90,9 +90,17 @@ class NodeConfig(BaseModel):
     peer: PeerConfig | None = Field(
         default=None, description="the classical channel to the other end (needed by qkdd run)"
     )
+    consumers: list[ConsumerSlot] = Field(
+        default_factory=list, description="key consumer slots, the same names at both ends"
+    )
 
     @model_validator(mode="after")
     def _node_policy(self) -> Self:
+        names = [slot.name for slot in self.consumers]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError(
+                "duplicate_consumers", "consumers: slot names must be unique", {}
+            )
         for name, inst in self.instruments.items():
             key = f"instruments.{name}.backend"
             if self.node.allow_simulated:

@@ -14,8 +14,10 @@ from qkdd.postprocessing.entropy import binary_entropy
 from qkdd.postprocessing.reconciliation import LocalChannel, Message, Role, run_local
 from qkdd.postprocessing.reconciliation.decoder import (
     KNOWN_LLR,
+    PHI_OFFSET,
     PHI_SCALE,
     PHI_TABLE,
+    STALL_ITERATIONS,
     decode,
     syndrome,
 )
@@ -103,6 +105,31 @@ def test_decoder_finds_the_word_at_low_noise_and_reports_failure_otherwise() -> 
     _, ok, its = decode(code.check_ptr, code.check_vars, garbage, target, 5, PHI_TABLE, PHI_SCALE)
     assert not ok and its == 5
     assert KNOWN_LLR > 100
+
+
+def test_phi_lookup_by_float_bits_tracks_phi() -> None:
+    # The decoder keys the table by a float32's exponent and top mantissa bits.
+    x = np.geomspace(1e-4, 25.0, 20_000).astype(np.float32)
+    key = np.clip((x.view(np.int32) >> PHI_SCALE) - PHI_OFFSET, 0, PHI_TABLE.size - 1)
+    exact = -np.log(np.tanh(x.astype(np.float64) / 2))
+    err = np.abs(PHI_TABLE[key] - exact)
+    # A bin spans 2^-8 of x, so |error| ≤ |φ'(x)|·x·2^-9 = 2^-9·x/sinh(x) ≤ 2^-9.
+    assert np.all(err <= 2.0**-9 * x / np.sinh(x) * 1.05 + 1e-6)
+    assert float(err.max()) < 2.1e-3
+    # φ is its own inverse, and saturates: tiny arguments give a large finite value.
+    assert 11.0 < float(PHI_TABLE[0]) < 13.0 and float(PHI_TABLE[-1]) == 0.0
+
+
+def test_decoder_gives_up_without_progress() -> None:
+    code = shipped_codes()[2]
+    rng = np.random.default_rng(3)
+    word = rng.integers(0, 2, code.n, dtype=np.uint8)
+    target = syndrome(code.check_ptr, code.check_vars, word)
+    q = 0.2  # far beyond the code's capacity
+    noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
+    llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
+    _, ok, its = decode(code.check_ptr, code.check_vars, llr, target, 500, PHI_TABLE, PHI_SCALE)
+    assert not ok and STALL_ITERATIONS <= its < 500
 
 
 @given(st.integers(1_000, 3_000_000), st.floats(0.005, 0.1))

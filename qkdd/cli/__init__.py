@@ -22,12 +22,16 @@ EXIT_USAGE = 2
 # is explicit and import errors surface here.
 COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.config",
+    "qkdd.cli.consume",
+    "qkdd.cli.consumer",
     "qkdd.cli.devices",
     "qkdd.cli.keyrate",
     "qkdd.cli.keys",
     "qkdd.cli.run",
+    "qkdd.cli.schema",
     "qkdd.cli.secret",
     "qkdd.cli.simulate",
+    "qkdd.cli.watch",
 )
 
 

@@ -93,6 +93,28 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX keys_by_state ON keys (state, consumer_slot);
         """,
     ),
+    (
+        2,
+        """
+        -- The delivery outbox: each committed key's message, stored once so every
+        -- republish sends identical bytes. ``payload`` is erased (secure_delete)
+        -- once the consumer's acknowledgement marks the key delivered.
+        CREATE TABLE outbox (
+            key_id         TEXT PRIMARY KEY REFERENCES keys (key_id),
+            slot           TEXT NOT NULL,
+            topic          TEXT NOT NULL,
+            mode           TEXT NOT NULL CHECK (mode IN ('sealed', 'plaintext')),
+            payload        BLOB,
+            state          TEXT NOT NULL CHECK (state IN ('queued', 'delivered')),
+            queued         TEXT NOT NULL,
+            publishes      INTEGER NOT NULL DEFAULT 0,
+            last_published TEXT,
+            delivered      TEXT,
+            CHECK ((state = 'queued') = (payload IS NOT NULL))
+        );
+        CREATE INDEX outbox_by_state ON outbox (state, slot);
+        """,
+    ),
 )
 """(version, SQL script) pairs, strictly increasing."""
 

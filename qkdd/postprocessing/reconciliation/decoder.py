@@ -8,7 +8,8 @@ sign carries an extra (−1)^{s_c}.
 
 Schedule: layered (row-serial) — each check updates the posteriors at once,
 which converges in about half the iterations of flooding. Check update: exact
-sum-product in Gallager's φ domain with a table lookup for φ; normalised
+sum-product in Gallager's φ domain with a branch-free table lookup for φ
+(indexed by the float's exponent and top mantissa bits); normalised
 min-sum was tried and lost far too much at the check degrees (20–60) of
 high-rate codes. The decoder stops as soon as the hard decision satisfies
 every check.
@@ -24,7 +25,11 @@ import numpy.typing as npt
 KNOWN_LLR = np.float32(1.0e4)
 DEFAULT_MAX_ITERATIONS = 60
 #: A check whose every input LLR exceeds this (and is satisfied) is settled.
-SETTLED_LLR = np.float32(6.0)
+#: 5 rather than 6: ~8 % faster, the same outcome on every frame tried (62
+#: frames at 1–5 %; 0/400 frame errors per QBER); 3.5 lost a frame.
+SETTLED_LLR = np.float32(5.0)
+#: Give up after this many iterations without a new low in unsatisfied checks.
+STALL_ITERATIONS = 12
 
 
 @numba.njit(cache=True, nogil=True)
@@ -42,37 +47,63 @@ def syndrome(
     return out
 
 
+#: φ lookup indexed by the float32 bit pattern of x: its exponent and top
+#: PHI_MANTISSA_BITS mantissa bits, i.e. bins of relative width 2^-8 on
+#: [2^PHI_LOW_EXP, 2^PHI_HIGH_EXP), one integer shift and one clamp per lookup
+#: (no branches). Below 2^-16 φ saturates at ≈ 11.8 (a harmless cap on a
+#: message's reliability); from 32 on φ(x) < 1e-13 counts as 0. Error at most
+#: 2^-9·x/sinh(x) ≤ 0.002 in absolute terms (relative: 0.4 % for small x,
+#: growing as x/512 where φ itself is tiny); 21 kB, L1-resident.
+PHI_MANTISSA_BITS = 8
+PHI_LOW_EXP = -16
+PHI_HIGH_EXP = 5
+#: Right shift from the float32 bits to the table key (the decoder's ``shift``).
+PHI_SCALE = 23 - PHI_MANTISSA_BITS
+PHI_OFFSET = (127 + PHI_LOW_EXP) << PHI_MANTISSA_BITS
+
+
+@numba.njit(cache=True, nogil=True)
+def fold_known(
+    check_ptr: npt.NDArray[np.int32],
+    check_vars: npt.NDArray[np.int32],
+    known: npt.NDArray[np.bool_],
+    values: npt.NDArray[np.uint8],
+    target: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
+    """The graph without the known columns, their values folded into the target (one pass)."""
+    m = check_ptr.size - 1
+    ptr = np.empty(m + 1, dtype=np.int32)
+    cols = np.empty(check_vars.size, dtype=np.int32)
+    folded = np.empty(m, dtype=np.uint8)
+    at = 0
+    ptr[0] = 0
+    for c in range(m):
+        acc = target[c]
+        for e in range(check_ptr[c], check_ptr[c + 1]):
+            v = check_vars[e]
+            if known[v]:
+                acc ^= values[v]
+            else:
+                cols[at] = v
+                at += 1
+        ptr[c + 1] = at
+        folded[c] = acc
+    return ptr, cols[:at].copy(), folded
+
+
 def _phi_table() -> npt.NDArray[np.float32]:
-    """φ(x) = −ln tanh(x/2) at bin centres: fine bins below PHI_SPLIT, coarse above."""
-    fine = (np.arange(PHI_FINE_BINS, dtype=np.float64) + 0.5) / PHI_FINE_SCALE
-    coarse = PHI_SPLIT + (np.arange(PHI_COARSE_BINS, dtype=np.float64) + 0.5) / PHI_SCALE
-    x = np.concatenate([fine, coarse])
-    return (-np.log(np.tanh(x / 2.0))).astype(np.float32)
+    """φ(x) = −ln tanh(x/2) at the geometric centre of every bin (last bin: 0)."""
+    i = np.arange((PHI_HIGH_EXP - PHI_LOW_EXP) << PHI_MANTISSA_BITS)
+    octave = 2.0 ** ((i >> PHI_MANTISSA_BITS) + PHI_LOW_EXP)
+    frac = (i & ((1 << PHI_MANTISSA_BITS) - 1)) / float(1 << PHI_MANTISSA_BITS)
+    step = 1.0 / float(1 << PHI_MANTISSA_BITS)
+    x = octave * np.sqrt((1.0 + frac) * (1.0 + frac + step))
+    table: npt.NDArray[np.float32] = (-np.log(np.tanh(x / 2.0))).astype(np.float32)
+    table[-1] = 0.0
+    return table
 
 
-#: φ lookup: bins of 1/PHI_FINE_SCALE on [0, PHI_SPLIT) (φ is steep there; the
-#: first bin saturates φ at ≈ 11, a harmless cap on a message's reliability)
-#: and of 1/PHI_SCALE on [PHI_SPLIT, PHI_MAX); φ(20) ≈ 4e-9 counts as 0. Error
-#: about 1 % of φ at worst; 24 kB, so it stays in the L1 cache.
-PHI_SPLIT = 0.0625
-PHI_FINE_SCALE = 16384.0
-PHI_FINE_BINS = int(PHI_SPLIT * PHI_FINE_SCALE)
-PHI_SCALE = 256.0
-PHI_MAX = 20.0
-PHI_COARSE_BINS = int((PHI_MAX - PHI_SPLIT) * PHI_SCALE)
 PHI_TABLE = _phi_table()
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _phi(x: np.float32, table: npt.NDArray[np.float32], scale: float) -> np.float32:
-    if x < PHI_SPLIT:
-        i = int(x * PHI_FINE_SCALE)
-    else:
-        i = PHI_FINE_BINS + int((x - PHI_SPLIT) * scale)
-        if i >= table.size:
-            return np.float32(0.0)
-    value: np.float32 = table[i]
-    return value
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -83,19 +114,23 @@ def decode(  # noqa: PLR0917  (numba: no keyword-only arguments)
     target: npt.NDArray[np.uint8],
     max_iterations: int,
     table: npt.NDArray[np.float32],
-    scale: float,
+    shift: int,
 ) -> tuple[npt.NDArray[np.uint8], bool, int]:
     """Find x with H·x = target from channel LLRs (positive = bit 0).
 
     Layered sum-product: the check update in the φ domain (Gallager),
-    out_k = (−1)^{s_c}·Π_{j≠k} sign(t_j) · φ(Σ_{j≠k} φ(|t_j|)), with φ from a
-    lookup table. A check whose inputs all exceed SETTLED_LLR and agree with
-    its syndrome bit keeps its previous messages (forced convergence: its
-    outputs would be large and of the same signs; ~20 % faster, no FER change
-    measured). Each check also notes whether its variables' signs satisfy it
-    right after its update; only an iteration in which every check did pays
-    for the full syndrome test. Returns the hard decision, whether it
-    satisfies every check, and the number of iterations used.
+    out_k = (−1)^{s_c}·Π_{j≠k} sign(t_j) · φ(Σ_{j≠k} φ(|t_j|)), with φ from
+    ``table`` indexed by a float's bits shifted right by ``shift``
+    (:data:`PHI_TABLE`, :data:`PHI_SCALE`). Signs and parities are kept as
+    integers and combined with XOR, never branched on: the signs of a
+    syndrome decoder's messages are random, so branches on them mispredict
+    half the time. A check whose inputs all exceed SETTLED_LLR and agree
+    with its syndrome bit keeps its previous messages (forced convergence:
+    its outputs would be large and of the same signs). Each check also notes
+    whether its variables' signs satisfy it right after its update; only an
+    iteration in which every check did pays for the full syndrome test.
+    Returns the hard decision, whether it satisfies every check, and the
+    number of iterations used.
     """
     m = check_ptr.size - 1
     posterior = llr.astype(np.float32).copy()
@@ -105,49 +140,60 @@ def decode(  # noqa: PLR0917  (numba: no keyword-only arguments)
         max_deg = max(max_deg, check_ptr[c + 1] - check_ptr[c])
     incoming = np.empty(max_deg, dtype=np.float32)
     phis = np.empty(max_deg, dtype=np.float32)
+    # One-element scratch viewed as int32: the float's bit pattern for the φ key.
+    scratch = np.empty(1, dtype=np.float32)
+    scratch_bits = scratch.view(np.int32)
+    last = table.size - 1
     hard = np.empty(posterior.size, dtype=np.uint8)
+    fewest = m + 1
+    stalled = 0
     for it in range(1, max_iterations + 1):
         unsatisfied = 0
         for c in range(m):
             start = check_ptr[c]
             deg = check_ptr[c + 1] - start
-            negative = target[c]
+            negative = np.int32(target[c])
+            held = np.int32(target[c])
             least = np.float32(np.inf)
-            held = target[c]
+            total = np.float32(0.0)
             for k in range(deg):
                 e = start + k
                 before = posterior[check_vars[e]]
-                if before < 0:
-                    held ^= 1
+                held ^= np.int32(before < 0)
                 t = before - messages[e]
                 incoming[k] = t
-                if t < 0:
-                    negative ^= 1
-                least = min(least, abs(t))
-            if least > SETTLED_LLR and negative == 0 and held == 0:
-                continue  # settled: keep its messages (forced convergence)
-            total = np.float32(0.0)
-            for k in range(deg):
-                ph = _phi(abs(incoming[k]), table, scale)
+                negative ^= np.int32(t < 0)
+                a = abs(t)
+                least = min(least, a)
+                scratch[0] = a
+                i = min(max((scratch_bits[0] >> shift) - PHI_OFFSET, 0), last)
+                ph = table[i]
                 phis[k] = ph
                 total += ph
-            parity = target[c]
+            if least > SETTLED_LLR and negative == 0 and held == 0:
+                continue  # settled: keep its messages (forced convergence)
+            parity = np.int32(target[c])
             for k in range(deg):
                 e = start + k
                 t = incoming[k]
-                rest = total - phis[k]
-                if rest < 0:
-                    rest = np.float32(0.0)
-                mag = _phi(rest, table, scale)
-                if (negative ^ (1 if t < 0 else 0)) != 0:
-                    mag = -mag
+                rest = max(total - phis[k], np.float32(0.0))
+                scratch[0] = rest
+                i = min(max((scratch_bits[0] >> shift) - PHI_OFFSET, 0), last)
+                flip = negative ^ np.int32(t < 0)
+                mag = np.float32(1 - 2 * flip) * table[i]
                 messages[e] = mag
                 post = t + mag
                 posterior[check_vars[e]] = post
-                if post < 0:
-                    parity ^= 1
-            unsatisfied += parity
+                parity ^= np.int32(post < 0)
+            unsatisfied += int(parity)
         if unsatisfied:
+            if unsatisfied < fewest:
+                fewest = unsatisfied
+                stalled = 0
+            else:
+                stalled += 1
+                if stalled >= STALL_ITERATIONS:
+                    break  # no progress for a while: report failure early
             continue
         for v in range(posterior.size):
             hard[v] = 1 if posterior[v] < 0 else 0
@@ -163,4 +209,4 @@ def decode(  # noqa: PLR0917  (numba: no keyword-only arguments)
             return hard, True, it
     for v in range(posterior.size):
         hard[v] = 1 if posterior[v] < 0 else 0
-    return hard, False, max_iterations
+    return hard, False, it

@@ -55,6 +55,7 @@ from qkdd.postprocessing.reconciliation.decoder import (
     PHI_SCALE,
     PHI_TABLE,
     decode,
+    fold_known,
     syndrome,
 )
 
@@ -113,16 +114,13 @@ class LdpcCode:
         graph against target ⊕ H_known·values is the same problem with fewer
         edges to update.
         """
-        keep = ~known[self.check_vars]
-        rows = self.edge_checks
-        ptr = np.zeros(self.m + 1, dtype=np.int32)
-        np.cumsum(np.bincount(rows[keep], minlength=self.m), out=ptr[1:])
-        dropped = ~keep
-        shift = np.bincount(
-            rows[dropped], weights=values[self.check_vars[dropped]], minlength=self.m
-        ).astype(np.int64)
-        folded = (target ^ (shift & 1)).astype(np.uint8)
-        return ptr, np.ascontiguousarray(self.check_vars[keep]), folded
+        return fold_known(
+            self.check_ptr,
+            self.check_vars,
+            np.ascontiguousarray(known, dtype=np.bool_),
+            np.ascontiguousarray(values, dtype=np.uint8),
+            np.ascontiguousarray(target, dtype=np.uint8),
+        )
 
     def __repr__(self) -> str:
         return f"LdpcCode({self.name}, n={self.n}, m={self.m}, rate={self.rate:.3f})"
