@@ -320,18 +320,21 @@ class Daemon:
                 post = standard
             if cfg.peer is None:
                 raise DaemonError(f"{self.config_path}: peer: missing ([peer] is needed to run)")
+            # [[consumers]] names the slots when present; [peer] consumer_slots otherwise.
+            slots = tuple(c.name for c in cfg.consumers) or cfg.peer.consumer_slots
+            peer = cfg.peer.model_copy(update={"consumer_slots": slots})
             settings = EngineSettings(
                 node_id=cfg.node.id,
                 link=cfg.node.link,
                 role=cfg.node.role.value,
                 protocol=cfg.protocol,
-                peer=cfg.peer,
+                peer=peer,
                 simulated=simulated,
                 simulation=(
                     cfg.simulation.model_dump(mode="json") if cfg.simulation is not None else None
                 ),
             )
-            keys = BlockKeys(store, session, link=cfg.node.link, slots=cfg.peer.consumer_slots)
+            keys = BlockKeys(store, session, link=cfg.node.link, slots=slots)
             self.engine = LinkEngine(
                 settings,
                 session=session,
