@@ -256,7 +256,41 @@ def _retry_reveal(plan: FramePlan, qber: float, attempt: int) -> int:
     return max(1, math.ceil(scale * plan.key_bits * binary_entropy(max(qber, MIN_QBER))))
 
 
-class LdpcAlice(Party):
+class _LdpcParty(Party):
+    """What Alice and Bob share: per-frame words, layouts and outcomes."""
+
+    _plans: list[FramePlan]
+    _layouts: list[_Layout]
+    _words: list[Bits]
+    _ok: npt.NDArray[np.bool_]
+    _done: bool
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def outcome(self) -> Outcome:
+        """The key of the frames that decoded (failed frames are dropped at both ends)."""
+        if not self._done:
+            raise ReconciliationError(f"{self.role.value} has not finished")
+        parts = [
+            w[lay.key]
+            for w, lay, ok in zip(self._words, self._layouts, self._ok, strict=True)
+            if ok
+        ]
+        key = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+        return Outcome(
+            role=self.role,
+            key=key,
+            success=bool(self._ok.all()),
+            leaked_bits=self.ledger.leaked_bits,
+            round_trips=self.ledger.round_trips,
+            frames=len(self._plans),
+            failed_frames=int((~self._ok).sum()),
+        )
+
+
+class LdpcAlice(_LdpcParty):
     """Alice's end: sends syndromes, reveals bits for frames Bob could not decode."""
 
     def __init__(
@@ -352,31 +386,8 @@ class LdpcAlice(Party):
             public={"frames": failed.astype(np.int64), "counts": np.array(counts, dtype=np.int64)},
         )
 
-    @property
-    def finished(self) -> bool:
-        return self._done
 
-    def outcome(self) -> Outcome:
-        if not self._done:
-            raise ReconciliationError("Alice has not finished")
-        parts = [
-            w[lay.key]
-            for w, lay, ok in zip(self._words, self._layouts, self._ok, strict=True)
-            if ok
-        ]
-        key = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
-        return Outcome(
-            role=self.role,
-            key=key,
-            success=bool(self._ok.all()),
-            leaked_bits=self.ledger.leaked_bits,
-            round_trips=self.ledger.round_trips,
-            frames=len(self._plans),
-            failed_frames=int((~self._ok).sum()),
-        )
-
-
-class LdpcBob(Party):
+class LdpcBob(_LdpcParty):
     """Bob's end: decodes each frame from Alice's syndrome and his own bits."""
 
     def __init__(
@@ -500,26 +511,3 @@ class LdpcBob(Party):
         self._words[f] = word
         self._ok[f] = ok
         return 1 if ok else 0
-
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    def outcome(self) -> Outcome:
-        if not self._done:
-            raise ReconciliationError("Bob has not finished")
-        parts = [
-            w[lay.key]
-            for w, lay, ok in zip(self._words, self._layouts, self._ok, strict=True)
-            if ok
-        ]
-        key = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
-        return Outcome(
-            role=self.role,
-            key=key,
-            success=bool(self._ok.all()),
-            leaked_bits=self.ledger.leaked_bits,
-            round_trips=self.ledger.round_trips,
-            frames=len(self._plans),
-            failed_frames=int((~self._ok).sum()),
-        )
