@@ -7,8 +7,10 @@ SIGINT) abandon the block in progress cleanly — a participant that voted keeps
 its pending keys for the coordinator's answer — and exit 0; SIGHUP reloads only
 local settings (log level) and says what it ignored.
 
-The MQTT publisher plugs in through :class:`~qkdd.link.events.LinkEvents` (keys
-committed and refilled, transitions, alarms, per-frame telemetry).
+With an ``[mqtt]`` section the MQTT publisher runs as one more task: small adapters
+(:class:`MqttWiring`) carry the engine's events (:class:`~qkdd.link.events.LinkEvents`)
+to it, a full outbox pauses key production, and MQTT commands reach the engine. This
+module is the only one that imports both ``qkdd.link`` and ``qkdd.mqtt``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,8 +48,9 @@ from qkdd.instruments.registry import (
 from qkdd.instruments.twins.fibre import FibreError
 from qkdd.instruments.twins.link import SimulatedLinkEnd, attach_simulated_link
 from qkdd.link.engine import EngineSettings, InstrumentSilent, LinkEngine
-from qkdd.link.events import LinkEvents
+from qkdd.link.events import FrameReport, KeysCommitted, LinkEvents
 from qkdd.link.keys import BlockKeys
+from qkdd.link.messages import PROTOCOL_VERSION
 from qkdd.link.postprocess import PostProcessing
 from qkdd.link.quantum import (
     ChoiceProbabilities,
@@ -56,7 +60,11 @@ from qkdd.link.quantum import (
     InstrumentTransmitter,
 )
 from qkdd.link.standard import StandardPostProcessing
+from qkdd.link.states import Transition
 from qkdd.logging import configure_logging, get_logger
+from qkdd.mqtt.messages import CommandMessage
+from qkdd.mqtt.publisher import DeliveryError, MqttPublisher
+from qkdd.mqtt.seam import CommandRefused, FrameQber, LinkPublisher
 from qkdd.physics.link import LinkParameters
 from qkdd.store import StateStore, StoreError
 
@@ -260,6 +268,122 @@ class ControlServer:
             self.path.unlink()
 
 
+# -- MQTT ---------------------------------------------------------------------------------
+
+
+def delivery_slots(config: NodeConfig) -> tuple[str, ...]:
+    """The link's consumer slots: ``[[consumers]]``, else ``peer.consumer_slots`` (both
+    given must agree). The handshake checks them against the peer's."""
+    assert config.peer is not None
+    named = tuple(c.name for c in config.consumers)
+    if not named:
+        return tuple(config.peer.consumer_slots)
+    if (
+        "consumer_slots" in config.peer.model_fields_set
+        and tuple(config.peer.consumer_slots) != named
+    ):
+        raise DaemonError(
+            f"[[consumers]] {list(named)} and peer.consumer_slots "
+            f"{list(config.peer.consumer_slots)} name different slots"
+        )
+    return named
+
+
+_STORE_FULL = "store_full"
+_COMMAND = "command"
+
+
+class MqttWiring:
+    """Adapters from the link engine's events to a :class:`LinkPublisher`, and the
+    command handler the publisher calls (DESIGN §5)."""
+
+    def __init__(
+        self,
+        publisher: LinkPublisher,
+        engine: LinkEngine,
+        *,
+        sim_link: SimulatedLink | None,
+        allow_simulated: bool,
+    ) -> None:
+        self.publisher = publisher
+        self.engine = engine
+        self.sim_link = sim_link
+        self.allow_simulated = allow_simulated
+        self._started = time.monotonic()
+        self._frame_s = engine.protocol.frame_duration_s
+
+    def attach(self, events: LinkEvents) -> None:
+        events.on_transition.append(self.transition)
+        events.on_alarm.append(self.publisher.on_alarm)
+        events.on_keys.append(self.keys)
+        events.on_frame.append(self.frame)
+
+    def transition(self, t: Transition) -> None:
+        self.publisher.on_status(t.target, t.reason)
+
+    def keys(self, event: KeysCommitted) -> None:
+        self.publisher.on_keys_committed(event.block_id, event.keys)
+
+    def frame(self, r: FrameReport) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        self.publisher.on_frame_qber(
+            FrameQber(
+                frame=r.frame,
+                qber=r.window_qber,
+                qber_bound=r.window_bound,
+                window_bits=self.engine.alarm_test.window_bits,
+                sifted_bits=r.sifted_key_bits,
+                block=r.block_id,
+                test_bits=r.test_bits,
+                test_errors=r.test_errors,
+                detections=r.detections,
+                rates={
+                    # Detections per second of (simulated) light; secret bits per
+                    # second of wall clock since the node started.
+                    "detections": r.detections / self._frame_s,
+                    "secret_bits": self.engine.key_bits_committed / elapsed,
+                },
+            )
+        )
+
+    def store_full(self, full: bool) -> None:
+        """A full outbox pauses key production; keys are never dropped."""
+        if full:
+            self.engine.pause(_STORE_FULL)
+        else:
+            self.engine.resume(_STORE_FULL)
+
+    async def command(self, command: CommandMessage) -> dict[str, Any]:
+        """pause / resume / recalibrate / status / eve; :class:`CommandRefused` changes
+        nothing."""
+        engine, name = self.engine, command.command
+        if name == "status":
+            return {"link": engine.status()}
+        if name in ("pause", "resume", "recalibrate") and not engine.alice:
+            raise CommandRefused(f"Alice coordinates the link: send {name} to Alice's node")
+        if name == "pause":
+            engine.pause(_COMMAND)
+            return {"paused": engine.status()["paused"]}
+        if name == "resume":
+            engine.resume(_COMMAND)
+            return {"paused": engine.status()["paused"]}
+        if name == "recalibrate":
+            engine.request_recalibration()
+            return {"recalibration": "before the next block"}
+        if name == "eve":
+            if not self.allow_simulated or self.sim_link is None:
+                raise CommandRefused("eavesdropper control exists only on a simulated link")
+            model = command.eve_model or "off"
+            spec = "none" if model == "off" else f"{model}:{command.eve_fraction or 1.0:g}"
+            try:
+                now = self.sim_link.set_eavesdropper(spec)
+            except ValueError as exc:
+                raise CommandRefused(str(exc)) from None
+            _log.warning("eavesdropper switched (MQTT command)", eavesdropper=now)
+            return {"eavesdropper": now}
+        raise CommandRefused(f"unknown command {name!r}")
+
+
 @dataclass
 class Daemon:
     """One node: its config, store, authentication, instruments and link engine."""
@@ -270,6 +394,8 @@ class Daemon:
     post: PostProcessing | None = None
     events: LinkEvents = field(default_factory=LinkEvents)
     engine: LinkEngine | None = None
+    publisher: MqttPublisher | None = None
+    signals: bool = True  # False when several nodes share a process (qkdd demo)
     _stopping: bool = False
 
     async def run(self) -> int:
@@ -320,8 +446,7 @@ class Daemon:
                 post = standard
             if cfg.peer is None:
                 raise DaemonError(f"{self.config_path}: peer: missing ([peer] is needed to run)")
-            # [[consumers]] names the slots when present; [peer] consumer_slots otherwise.
-            slots = tuple(c.name for c in cfg.consumers) or cfg.peer.consumer_slots
+            slots = delivery_slots(cfg)
             peer = cfg.peer.model_copy(update={"consumer_slots": slots})
             settings = EngineSettings(
                 node_id=cfg.node.id,
@@ -355,11 +480,15 @@ class Daemon:
                 simulated=simulated,
                 secret_id=session.secret_id,
             )
+            if "mqtt" in cfg.model_fields_set:
+                self.publisher = self._publisher(store, slots, simulated, sim_link)
             self.events.on_transition.append(lambda t: self._status())
             self._install_signals()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._run_engine())
                 group.create_task(self._watchdog())
+                if self.publisher is not None:
+                    group.create_task(self._run_publisher(self.publisher))
                 self.notifier.notify(ready=1, status=self._status_text())
         finally:
             self.notifier.notify(stopping=1, status="stopping")
@@ -379,12 +508,69 @@ class Daemon:
             store.close()
         return 0
 
+    def _publisher(
+        self,
+        store: StateStore,
+        slots: tuple[str, ...],
+        simulated: bool,
+        sim_link: SimulatedLink | None,
+    ) -> MqttPublisher:
+        cfg, engine = self.config, self.engine
+        assert engine is not None
+        allow_sim = cfg.node.allow_simulated and sim_link is not None
+        wiring: MqttWiring | None = None
+
+        def store_full(full: bool) -> None:
+            if wiring is not None:
+                wiring.store_full(full)
+            elif full:  # already full at start: pause before the first block
+                engine.pause(_STORE_FULL)
+
+        try:
+            publisher = MqttPublisher(
+                cfg.mqtt,
+                store,
+                node=cfg.node.id,
+                link=cfg.node.link,
+                role=cfg.node.role.value,
+                slots=slots,
+                simulated=simulated,
+                allow_simulated=allow_sim,
+                command_handler=lambda c: wiring.command(c) if wiring else _not_ready(),
+                on_store_full=store_full,
+                versions={"protocol": str(PROTOCOL_VERSION)},
+            )
+        except DeliveryError as exc:
+            raise DaemonError(str(exc)) from None
+        wiring = MqttWiring(publisher, engine, sim_link=sim_link, allow_simulated=allow_sim)
+        wiring.attach(self.events)
+        return publisher
+
+    async def _run_publisher(self, publisher: MqttPublisher) -> None:
+        """The publisher reconnects by itself; anything else it raises is logged and it
+        starts again, so MQTT never stops key production (keys wait in the outbox)."""
+        while not self._stopping:
+            try:
+                await publisher.run()
+                return
+            except Exception:
+                _log.exception("MQTT publisher failed; restarting it")
+                for _ in range(50):  # 5 s, but stop promptly
+                    if self._stop_requested():
+                        return
+                    await asyncio.sleep(0.1)
+
+    def _stop_requested(self) -> bool:
+        return self._stopping
+
     async def _run_engine(self) -> None:
         assert self.engine is not None
         try:
             await self.engine.run()
         finally:
             self._stopping = True
+            if self.publisher is not None:
+                await self.publisher.stop()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval_s
@@ -408,12 +594,16 @@ class Daemon:
     # -- signals ------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
+        if not self.signals:
+            return
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _remove_signals(self) -> None:
+        if not self.signals:
+            return
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -448,6 +638,10 @@ class Daemon:
             note="protocol, peer, node and instrument settings apply at the next start",
         )
         self.notifier.notify(ready=1, status=self._status_text())
+
+
+async def _not_ready() -> dict[str, Any]:
+    raise CommandRefused("the node is still starting")
 
 
 async def _bounded(step: Awaitable[Any], seconds: float = 3.0) -> None:

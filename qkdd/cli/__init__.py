@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.config",
     "qkdd.cli.consume",
     "qkdd.cli.consumer",
+    "qkdd.cli.demo",
     "qkdd.cli.devices",
     "qkdd.cli.keyrate",
     "qkdd.cli.keys",

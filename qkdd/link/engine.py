@@ -187,6 +187,13 @@ class LinkEngine:
         self.key_bits_committed = 0
         self._stop = asyncio.Event()
         self._finish_block = False
+        # Pausing (a command, or a full delivery outbox): no new block starts. Alice
+        # coordinates, so her pause stops the link; Bob, who cannot stop her, votes no
+        # while paused (keys never staged for delivery are not keys lost).
+        self._pause_reasons: set[str] = set()
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self._recalibrate = False
 
     # -- state, alarms ----------------------------------------------------------------
 
@@ -272,6 +279,39 @@ class LinkEngine:
         """Stop after the current block (``finish_block``) or abandon it now."""
         self._finish_block = finish_block
         self._stop.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._unpaused.is_set()
+
+    def pause(self, reason: str) -> None:
+        """Start no new block (the one in progress finishes) until every reason is resumed."""
+        self._pause_reasons.add(reason)
+        self._unpaused.clear()
+        _log.info("key production paused", reasons=sorted(self._pause_reasons))
+
+    def resume(self, reason: str) -> None:
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons and not self._unpaused.is_set():
+            self._unpaused.set()
+            _log.info("key production resumed", reason=reason)
+
+    def request_recalibration(self) -> None:
+        """Alice recalibrates between blocks (Bob follows her calibration frame)."""
+        self._recalibrate = True
+
+    async def _between_blocks(self) -> None:
+        """Alice, before a block: wait while paused, recalibrate when asked to."""
+        if self._unpaused.is_set() and not self._recalibrate:
+            return
+        why = "recalibration requested"
+        if not self._unpaused.is_set():
+            self._to(S.PAUSED, "paused: " + ", ".join(sorted(self._pause_reasons)))
+            await self._unpaused.wait()
+            why = "resumed"
+        self._recalibrate = False
+        self._to(S.CALIBRATING, why)
+        await self._calibrate()
 
     async def _instrument(self, call: Awaitable[T]) -> T:
         """An instrument call, bounded: one that stops answering is a fault."""
@@ -387,6 +427,8 @@ class LinkEngine:
             self._to(S.CALIBRATING, "peer connected")
             await self._calibrate()
             while not self._stop.is_set():
+                if self.alice:
+                    await self._between_blocks()
                 await self._one_block()
         except PeerLost as exc:
             await self._abandon_current(f"peer lost: {exc}")
@@ -406,8 +448,9 @@ class LinkEngine:
 
     # -- calibration --------------------------------------------------------------------
 
-    async def _calibrate(self) -> None:
-        """Find the delay between Alice's slots and Bob's tags (repeated on failure)."""
+    async def _calibrate(self, first: CalibrationStart | None = None) -> None:
+        """Find the delay between Alice's slots and Bob's tags (repeated on failure).
+        ``first``: Bob's calibration start already received (Alice recalibrates)."""
         timeout = self.settings.peer.receive_timeout_s
         # A short frame is enough (thousands of clicks) and keeps the search cheap.
         n = min(self.settings.frame_slots, _CALIBRATION_SLOTS)
@@ -422,7 +465,8 @@ class LinkEngine:
                 result = await self.channel.expect(Calibrated, timeout)
             else:
                 assert self.receiver is not None
-                start = await self.channel.expect(CalibrationStart, timeout)
+                start = first or await self.channel.expect(CalibrationStart, timeout)
+                first = None
                 if start.n_slots != n:
                     raise ProtocolViolation("calibration frame length differs")
                 max_offset = round(_MAX_DELAY_S * self.protocol.slot_rate_hz)
@@ -682,6 +726,11 @@ class LinkEngine:
                 return message
             if isinstance(message, Abort):
                 continue  # a late acknowledgement of an abandoned block
+            if isinstance(message, CalibrationStart):
+                # Alice recalibrates between blocks (resumed, or asked to).
+                self._to(S.CALIBRATING, "Alice recalibrates")
+                await self._calibrate(message)
+                continue
             raise ProtocolViolation(f"expected a block start, got {message.kind}")
 
     def _frame_report(
@@ -856,6 +905,16 @@ class LinkEngine:
             self.block_id = None
             await self.channel.send(Decision(block_id=block_id, commit=True))
         else:
+            if self.paused:
+                # This end cannot take keys now (its delivery outbox is full): vote no;
+                # nothing was committed, so nothing is lost.
+                reason = ", ".join(sorted(self._pause_reasons))
+                self.keys.abort(block_id, f"participant paused: {reason}")
+                self.blocks_aborted += 1
+                await self.channel.send(Vote(block_id=block_id, yes=False, reason=reason))
+                await self.channel.expect(Decision, timeout)
+                self.block_id = None
+                return
             await self.channel.send(Vote(block_id=block_id, yes=True))
             decision = await self.channel.expect(Decision, timeout)
             if decision.block_id != block_id:
@@ -877,6 +936,7 @@ class LinkEngine:
             "keys_committed": self.keys_committed,
             "keys_stored": len(self.keys.keys.list(KeyState.COMMITTED)),
             "alarms": sorted(str(a) for a in self.active_alarms),
+            "paused": sorted(self._pause_reasons),
         }
 
 

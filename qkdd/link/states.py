@@ -46,7 +46,8 @@ TRANSITIONS: dict[LinkState, frozenset[LinkState]] = {
     S.STARTING: frozenset({S.CONNECTING, S.FAULT, S.STOPPING}),
     S.CONNECTING: frozenset({S.CALIBRATING, S.FAULT, S.PAUSED, S.STOPPING}),
     S.CALIBRATING: frozenset({S.TRANSMIT}) | _INTERRUPTS,
-    S.TRANSMIT: frozenset({S.SIFT}) | _INTERRUPTS,
+    # Between blocks Alice may recalibrate (asked to, or after a pause); Bob follows.
+    S.TRANSMIT: frozenset({S.SIFT, S.CALIBRATING}) | _INTERRUPTS,
     # After sifting a frame: the next frame, or the block of N pulses is complete.
     S.SIFT: frozenset({S.TRANSMIT, S.ESTIMATE, S.CALIBRATING}) | _INTERRUPTS,
     # After the last frame a block may still be abandoned without an alarm (the

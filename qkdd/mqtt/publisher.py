@@ -195,7 +195,7 @@ class MqttPublisher:
         _log.info(
             "alarm raised" if event.active else "alarm cleared",
             kind=str(event.kind),
-            level=str(event.level),
+            alarm_level=str(event.level),
             values=dict(event.values),
         )
 

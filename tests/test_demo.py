@@ -1,0 +1,70 @@
+"""``qkdd demo`` as a user runs it (a subprocess, plain output off a terminal): keys
+delivered at both ends and identical, and the alarm once intercept-resend is on."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.mqtt_broker import find_mosquitto
+
+SUMMARY = re.compile(
+    r"delivered keys: alice=(\d+) bob=(\d+) identical=(\d+) different=(\d+); alarms seen: (\S+)"
+)
+
+
+def _demo(tmp: Path, *args: str, timeout: float) -> tuple[int, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qkdd", "demo", "--workdir", str(tmp / "demo"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the demo and its broker die together on a timeout
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"demo did not finish:\n{out[-3000:]}") from None
+    return proc.returncode, out
+
+
+def _check(code: int, out: str) -> None:
+    assert code == 0, out[-3000:]
+    found = SUMMARY.search(out)
+    assert found, out[-3000:]
+    alice, bob, identical, different = (int(found.group(i)) for i in range(1, 5))
+    assert alice > 0 and bob > 0 and identical > 0 and different == 0, found.group(0)
+    assert "qber_high" in found.group(5).split(","), found.group(0)
+    assert "eve command sent to bob" in out
+
+
+@pytest.mark.timeout(180)
+def test_demo_delivers_keys_at_both_ends_and_shows_the_alarm(tmp_path: Path) -> None:
+    if find_mosquitto() is None and os.environ.get("CI", "").lower() != "true":
+        pytest.skip("mosquitto is not installed (the amqtt variant is an acceptance test)")
+    code, out = _demo(tmp_path, "--duration", "34", "--eve-at", "16", "--plain", timeout=150)
+    _check(code, out)
+    assert "embedded mosquitto" in out
+
+
+@pytest.mark.acceptance
+@pytest.mark.timeout(240)
+@pytest.mark.xfail(
+    reason="open: on amqtt the daemons raise qber_high (demo.log) but the demo's view "
+    "does not see the alarm message; keys are delivered and identical",
+    strict=False,
+)
+def test_demo_on_the_in_process_amqtt_broker(tmp_path: Path) -> None:
+    code, out = _demo(
+        tmp_path, "--embedded", "amqtt", "--duration", "60", "--eve-at", "25", timeout=200
+    )
+    _check(code, out)
+    assert "embedded amqtt" in out
