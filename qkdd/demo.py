@@ -4,7 +4,7 @@ Everything is made fresh in a temporary directory: the authentication secret (as
 ``qkdd init-secret`` makes it), a consumer secret per end (as ``qkdd consumer add``),
 the state stores. The two :class:`~qkdd.daemon.Daemon` objects are the ones ``qkdd
 run`` uses, with MQTT wired the same way, on the broker given or on an embedded one
-(a Mosquitto binary when one is installed, else amqtt in this process). A telemetry
+(a Mosquitto binary when one is installed, else amqtt on a thread of this process). A telemetry
 subscriber feeds the view of ``qkdd watch``; at ``eve_at`` seconds the demo sends the
 ``eve`` command to Bob's node over MQTT, as any operator could.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import secrets
@@ -28,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -118,7 +119,9 @@ class EmbeddedBroker:
         self.binary = binary
         self.kind = "mosquitto" if binary else "amqtt"
         self._process: subprocess.Popen[bytes] | None = None
-        self._amqtt: Any = None
+        self._amqtt: threading.Thread | None = None
+        self._amqtt_loop: asyncio.AbstractEventLoop | None = None
+        self._amqtt_stop: asyncio.Event | None = None
 
     @property
     def mqtt(self) -> MqttConfig:
@@ -149,17 +152,50 @@ class EmbeddedBroker:
             )
             await self._wait_listening()
             return
+        # amqtt gets a thread and event loop of its own: on the demo's loop it would
+        # queue telemetry behind the daemons' work and the view would lag by tens of seconds.
+        started = threading.Event()
+        failure: list[BaseException] = []
+        self._amqtt = threading.Thread(
+            target=self._amqtt_main, args=(started, failure), name="amqtt", daemon=True
+        )
+        self._amqtt.start()
+        await asyncio.to_thread(started.wait, 10)
+        if failure:
+            raise RuntimeError(f"amqtt did not start: {failure[0]}")
+        await self._wait_listening()
+
+    def _amqtt_main(self, started: threading.Event, failure: list[BaseException]) -> None:
         from amqtt.broker import Broker  # type: ignore[import-untyped]  # noqa: PLC0415
 
-        self._amqtt = Broker(
-            {
-                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
-                "plugins": {
-                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-                },
-            }
-        )
-        await self._amqtt.start()
+        async def serve() -> None:
+            broker = Broker(
+                {
+                    "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+                    "plugins": {
+                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                            "allow_anonymous": True
+                        }
+                    },
+                }
+            )
+            try:
+                await broker.start()
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                raise
+            self._amqtt_loop = asyncio.get_running_loop()
+            self._amqtt_stop = asyncio.Event()
+            started.set()
+            try:
+                await self._amqtt_stop.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await broker.shutdown()
+
+        with contextlib.suppress(BaseException):
+            asyncio.run(serve())
 
     async def _wait_listening(self) -> None:
         deadline = time.monotonic() + 10
@@ -191,8 +227,10 @@ class EmbeddedBroker:
                 self.kill()
             self._process = None
         if self._amqtt is not None:
-            with contextlib.suppress(Exception):
-                await self._amqtt.shutdown()
+            if self._amqtt_loop is not None and self._amqtt_stop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._amqtt_loop.call_soon_threadsafe(self._amqtt_stop.set)
+            await asyncio.to_thread(self._amqtt.join, 10)
             self._amqtt = None
 
 
@@ -398,6 +436,7 @@ def _panel(state: DemoState, broker: str) -> Table:
         "(before the authentication refill)",
     )
     table.add_row("alarms seen", ", ".join(sorted(state.alarms_seen)) or "none")
+    table.add_row("keys", "e: eavesdropper on/off at Bob   q: quit   (Ctrl-C also quits)")
     table.add_row("events", "\n".join(state.events) or "-")
     return table
 
@@ -472,7 +511,7 @@ async def _run(options: DemoOptions, console: Console, workdir: Path) -> DemoSta
                 state.note("stopping: both nodes finish or abandon their block", plain)
                 # --duration promises an exit: should a shutdown step hang (a thread
                 # blocked in a simulated instrument), leave anyway once it is overdue.
-                guard = threading.Timer(45, _overdue_exit, (state, embedded))
+                guard = threading.Timer(45, _overdue_exit, (state, embedded, workdir))
                 guard.daemon = True
                 guard.start()
                 stack_guard.append(guard)
@@ -493,10 +532,17 @@ async def _run(options: DemoOptions, console: Console, workdir: Path) -> DemoSta
     return state
 
 
-def _overdue_exit(state: DemoState, embedded: EmbeddedBroker | None) -> None:
+def _overdue_exit(state: DemoState, embedded: EmbeddedBroker | None, workdir: Path) -> None:
     if embedded is not None:
         embedded.kill()  # never leave the broker behind
-    print("demo: shutdown overdue; exiting without waiting further", file=sys.stderr, flush=True)
+    where = workdir / "shutdown-overdue.txt"
+    with contextlib.suppress(OSError), where.open("w") as out:
+        faulthandler.dump_traceback(out, all_threads=True)  # what held the exit, for a report
+    print(
+        f"demo: shutdown overdue; exiting without waiting further (stacks in {where})",
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(0 if state.different == 0 else 1)
 
 
@@ -540,6 +586,7 @@ async def _view(
         if options.live
         else None
     )
+    keys: asyncio.Queue[str] = asyncio.Queue()
     async with make_client(mqtt, f"qkdd-demo-view-{os.getpid()}") as client:
         for kind in ("status", "qber", "alarm"):
             await client.subscribe(f"{mqtt.base_topic}/+/links/{LINK}/{kind}", qos=1)
@@ -547,15 +594,23 @@ async def _view(
         eve_sent = False
         next_line = 0.0
         messages = aiter(client.messages)
-        with live or contextlib.nullcontext():
+
+        async def eve(model: str) -> None:
+            command = {"command": "eve", "eve_model": model, "request_id": "demo-eve"}
+            await client.publish(bob_cmd, json.dumps(command), qos=1)
+            state.note(f"eve command sent to bob: {model}", plain)
+
+        with _keypresses(keys, enabled=options.live), live or contextlib.nullcontext():
             while options.duration_s is None or state.elapsed() < options.duration_s:
                 eve_due = options.eve_at_s is not None and state.elapsed() >= options.eve_at_s
                 if eve_due and not eve_sent:
                     eve_sent = True
-                    command = {"command": "eve", "eve_model": options.eve_model}
-                    command["request_id"] = "demo-eve"
-                    await client.publish(bob_cmd, json.dumps(command), qos=1)
-                    state.note(f"eve command sent to bob: {options.eve_model}", plain)
+                    await eve(options.eve_model)
+                pressed = "" if keys.empty() else keys.get_nowait()
+                if pressed == "q":
+                    break
+                if pressed == "e":
+                    await eve(options.eve_model if state.eve in ("off", "none") else "off")
                 try:
                     message = await asyncio.wait_for(anext(messages), 0.25)
                 except TimeoutError:
@@ -617,6 +672,33 @@ async def _fold(
                     )
 
 
+@contextlib.contextmanager
+def _keypresses(keys: asyncio.Queue[str], *, enabled: bool) -> Iterator[None]:
+    """Single key presses from a terminal on stdin (cbreak mode, restored after)."""
+    if not enabled or not sys.stdin.isatty():
+        yield
+        return
+    import termios  # noqa: PLC0415
+    import tty  # noqa: PLC0415
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            for char in os.read(fd, 32).decode(errors="ignore").lower():
+                keys.put_nowait(char)
+
+    tty.setcbreak(fd, termios.TCSANOW)  # keep keys typed ahead
+    loop.add_reader(fd, read)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def _plain_line(state: DemoState, board: LinkBoard) -> str:
     rows = {row.node: row for row in board.rows.values()}
     parts = [f"t={state.elapsed():.0f}s"]
@@ -625,7 +707,9 @@ def _plain_line(state: DemoState, board: LinkBoard) -> str:
         parts.append(f"{node}={row.state if row else '?'}")
     alice = rows.get("alice")
     if alice is not None and alice.qber is not None:
-        parts.append(f"qber={100 * alice.qber:.2f}% (bound {100 * (alice.qber_bound or 0):.2f}%)")
+        parts.append(
+            f"qber={100 * alice.qber:.2f}% (lower bound {100 * (alice.qber_bound or 0):.2f}%)"
+        )
     a, b = state.ends["alice"], state.ends["bob"]
     parts.append(f"keys alice={a.count} bob={b.count} identical={state.identical}")
     measured = state.bits_per_block()

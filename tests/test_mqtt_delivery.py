@@ -240,7 +240,7 @@ async def test_foreign_key_and_forged_acknowledgements_are_rejected(
     assert list(states.values()).count(KeyState.COMMITTED) == 1  # the app key: no consumer
     store.close()
     # the logs name key ids, never key bits or secrets
-    assert "key delivered" in log.getvalue() and "forged acknowledgement" in log.getvalue()
+    assert "keys delivered" in log.getvalue() and "forged acknowledgement" in log.getvalue()
     assert_not_in_clear(
         log.getvalue().encode(), [collector.keys[kms_key.key_id], *secrets_.values()]
     )

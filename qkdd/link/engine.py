@@ -212,9 +212,12 @@ class LinkEngine:
         )  # fmt: skip
 
     def _raise_alarm(self, kind: AlarmKind, values: dict[str, float | int] | None = None) -> None:
-        self.active_alarms.add(kind)
         event = AlarmEvent(kind, True, dict(values or {}))
-        _log.warning("alarm", kind=str(kind), level=str(kind.level), **event.values)
+        # Raised again while active (the cause persists): subscribers get the new values,
+        # the log only the start.
+        log = _log.debug if kind in self.active_alarms else _log.warning
+        self.active_alarms.add(kind)
+        log("alarm", kind=str(kind), alarm_level=str(kind.level), **event.values)
         self.events.alarm(event)
 
     def _clear_alarm(self, kind: AlarmKind, values: dict[str, float | int] | None = None) -> None:

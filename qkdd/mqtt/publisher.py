@@ -169,6 +169,9 @@ class MqttPublisher:
         self._push("qber", f"{self.topic}/qber", message.to_json(), 0, retain=False)
 
     def on_alarm(self, event: AlarmEvent) -> None:
+        # An active alarm raised again (each frame or block while the cause lasts) is
+        # republished with its new values but logged only when it starts or clears.
+        news = event.active != (event.kind in self._active)
         if event.active:
             since = self._active[event.kind].since if event.kind in self._active else now_utc()
             self._active[event.kind] = ActiveAlarm(
@@ -192,12 +195,13 @@ class MqttPublisher:
             # The last alarm cleared: tell live subscribers, then drop the retained one.
             self._push("alarm", topic, message.to_json(), 1, retain=False)
             self._push("alarm", topic, b"", 1, retain=True)
-        _log.info(
-            "alarm raised" if event.active else "alarm cleared",
-            kind=str(event.kind),
-            alarm_level=str(event.level),
-            values=dict(event.values),
-        )
+        if news:
+            _log.info(
+                "alarm published" if event.active else "alarm clear published",
+                kind=str(event.kind),
+                alarm_level=str(event.level),
+                values=dict(event.values),
+            )
 
     def on_keys_committed(self, block_id: int, keys: Sequence[KeyMeta]) -> None:
         """Seal the block's committed keys into the outbox (durably) and queue them.
@@ -485,7 +489,9 @@ class MqttPublisher:
         delivered = self.outbox.deliver_many(valid)
         self.acks_accepted += len(delivered)
         for key_id in delivered:
-            _log.info("key delivered", key_id=key_id)
+            _log.debug("key delivered", key_id=key_id)
+        if delivered:
+            _log.info("keys delivered", count=len(delivered))
         self._check_store_full()
 
     def _check_ack(self, slot: str, payload: bytes) -> str | None:
