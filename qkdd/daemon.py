@@ -422,6 +422,10 @@ class Daemon:
                 session = AuthSession(store)
             except AuthError as exc:
                 raise DaemonError(str(exc)) from None
+            # From here `qkdd status` sees the node, also while instruments open or the
+            # simulated fibre waits for the other end (which can take a minute).
+            self.health = self._health(cfg.simulated)
+            self.health.startup("opening instruments")
             opened = await open_instruments(
                 cfg.instruments, allow_simulated=cfg.node.allow_simulated
             )
@@ -429,8 +433,10 @@ class Daemon:
             if unusable:
                 raise DaemonError("instruments unusable: " + "; ".join(unusable))
             simulated = any(i.backend is BackendUsed.SIMULATED for i in opened)
+            self.health.simulated = simulated  # "auto" is decided only now
             basis_record = None
             if cfg.simulation is not None and simulated:
+                self.health.startup("waiting for the simulated fibre to the other end")
                 sim_link = SimulatedLink(cfg, opened)
                 await sim_link.attach()
                 if sim_link.active_basis:
@@ -485,7 +491,7 @@ class Daemon:
                 simulated=simulated,
                 secret_id=session.secret_id,
             )
-            self.health = self._health(simulated)
+            self.health.startup("instruments open; starting the link")
             if "mqtt" in cfg.model_fields_set:
                 self.publisher = self._publisher(store, slots, simulated, sim_link)
             if cfg.metrics.listen is not None:
@@ -503,6 +509,10 @@ class Daemon:
                 if self.publisher is not None:
                     group.create_task(self._run_publisher(self.publisher))
                 self.notifier.notify(ready=1, status=self._status_text())
+        except DaemonError as exc:
+            if self.health is not None:
+                self.health.startup(f"cannot run: {exc}")
+            raise
         finally:
             self.notifier.notify(stopping=1, status="stopping")
             self._remove_signals()
@@ -540,7 +550,6 @@ class Daemon:
             sinks=sinks,
         )
         recorder.attach(self.events)
-        recorder.write()  # STARTING, before the first transition
         return recorder
 
     def _mqtt_connected(self) -> bool:

@@ -283,6 +283,11 @@ class HealthRecorder:
 
     # -- snapshot ---------------------------------------------------------------------
 
+    def startup(self, reason: str) -> None:
+        """What the daemon does before the link engine runs (no transition says it)."""
+        self.reason = reason
+        self.write()
+
     def key_rate(self, now: float) -> float:
         """Secret bits per second committed over the last window (or since start)."""
         while self._commits and self._commits[0][0] < now - KEY_RATE_WINDOW_S:

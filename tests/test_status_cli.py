@@ -18,6 +18,7 @@ import tomli_w
 from qkdd.health import HEALTH_FILE
 from tests.daemonpair import Proc, free_port, keys_json, processes, qkdd, start, wait_for
 from tests.exampleconfigs import example_configs
+from tests.mqtt_broker import MosquittoBroker
 from tests.promtext import parse
 
 LINK = "link1"
@@ -127,3 +128,41 @@ def test_status_and_metrics_of_a_running_pair(tmp_path: Path) -> None:
         assert bob.wait(20) == 0
         assert qkdd("status", "-c", str(configs["bob"])).returncode == 3
         assert parse(prom["bob"].read_text())["qkdd_up"].value(**labels) == 0
+
+
+def test_status_shows_the_mqtt_connection(tmp_path: Path, mqtt_broker: MosquittoBroker) -> None:
+    """Startup is visible; connected to the broker, then not once the broker is gone."""
+    out = qkdd(
+        "init-secret", "--link", LINK,
+        "--alice-dir", str(tmp_path / "alice"), "--bob-dir", str(tmp_path / "bob"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    configs = example_configs(
+        tmp_path, free_port(), mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port}
+    )
+    out = qkdd("consumer", "add", "default", "-c", str(configs["alice"]),
+               "-o", str(tmp_path / "alice.consumer.toml"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+    def mqtt(expected: bool) -> bool:
+        code, doc = _status_json(configs["alice"])
+        return code == 0 and doc["health"]["mqtt_connected"] is expected
+
+    with processes() as procs:
+        alice = start("alice", configs["alice"], tmp_path)
+        procs.append(alice)
+        # Before Bob exists Alice waits for the simulated fibre: status says so.
+        assert wait_for(lambda: _status_json(configs["alice"])[0] == 0, 30, step=0.5)
+        code, doc = _status_json(configs["alice"])
+        assert doc["health"]["state"] == "STARTING"
+        assert "simulated fibre" in doc["health"]["reason"]
+        out = qkdd("consumer", "add", "default", "-c", str(configs["bob"]),
+                   "-o", str(tmp_path / "bob.consumer.toml"))  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        procs.append(start("bob", configs["bob"], tmp_path))
+        assert wait_for(lambda: mqtt(True), 60, step=0.5), alice.log.read_text()[-3000:]
+        text = qkdd("status", "-c", str(configs["alice"])).stdout
+        assert re.search(r"mqtt\s+connected", text), text
+        mqtt_broker.stop()
+        # The heartbeat (5 s) picks up a lost connection that has no link event.
+        assert wait_for(lambda: mqtt(False), 30, step=0.5), alice.log.read_text()[-3000:]
