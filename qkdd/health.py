@@ -94,10 +94,6 @@ class HealthSnapshot(BaseModel):
     mqtt_enabled: bool = False
     mqtt_connected: bool | None = None
 
-    @property
-    def uptime_s(self) -> float:
-        return max(0.0, self.updated_at - self.started_at)
-
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=1)
 
@@ -232,6 +228,7 @@ class HealthRecorder:
         self._dirty = False
         self._last_write = 0.0
         self._write_failed = False
+        self._sink_failed: set[int] = set()
 
     # -- event subscribers (run on the event loop; they must not block) ---------------
 
@@ -359,11 +356,14 @@ class HealthRecorder:
                     "cannot write the health snapshot", path=str(self.path), error=str(exc)
                 )
             self._write_failed = True
-        for sink in self.sinks:
+        for index, sink in enumerate(self.sinks):
             try:
                 sink(snapshot)
-            except Exception:
-                _log.exception("health sink failed")
+                self._sink_failed.discard(index)
+            except Exception as exc:
+                if index not in self._sink_failed:  # e.g. the textfile directory not writable
+                    _log.warning("health sink failed", error=f"{type(exc).__name__}: {exc}")
+                self._sink_failed.add(index)
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Flush pending changes within the interval and write a heartbeat (uptime,

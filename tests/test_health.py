@@ -276,3 +276,14 @@ def test_metrics_config(tmp_path: Path) -> None:
 def test_the_exposition_parser_is_strict(bad: str) -> None:
     with pytest.raises(AssertionError):
         parse(bad)
+
+
+def test_a_failing_sink_never_stops_the_snapshot(tmp_path: Path) -> None:
+    clock = Clock()
+    missing = tmp_path / "no-such-dir" / "qkdd.prom"
+    rec, events = _recorder(tmp_path, clock, sinks=[textfile_sink(missing)])
+    rec.write()
+    events.transition(Transition(LinkState.STARTING, LinkState.CONNECTING, "go", clock.t))
+    snap = read_snapshot(tmp_path)
+    assert snap is not None and snap.state == "CONNECTING"
+    assert not missing.exists()

@@ -151,11 +151,18 @@ def test_status_shows_the_mqtt_connection(tmp_path: Path, mqtt_broker: Mosquitto
     with processes() as procs:
         alice = start("alice", configs["alice"], tmp_path)
         procs.append(alice)
+
         # Before Bob exists Alice waits for the simulated fibre: status says so.
-        assert wait_for(lambda: _status_json(configs["alice"])[0] == 0, 30, step=0.5)
-        code, doc = _status_json(configs["alice"])
-        assert doc["health"]["state"] == "STARTING"
-        assert "simulated fibre" in doc["health"]["reason"]
+        def waiting_for_fibre() -> bool:
+            code, doc = _status_json(configs["alice"])
+            health = doc.get("health", {})
+            return (
+                code == 0
+                and health.get("state") == "STARTING"
+                and ("simulated fibre" in health.get("reason", ""))
+            )
+
+        assert wait_for(waiting_for_fibre, 30, step=0.5), alice.log.read_text()[-3000:]
         out = qkdd("consumer", "add", "default", "-c", str(configs["bob"]),
                    "-o", str(tmp_path / "bob.consumer.toml"))  # fmt: skip
         assert out.returncode == 0, out.stderr

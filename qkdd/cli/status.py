@@ -89,7 +89,7 @@ def show_status(args: argparse.Namespace) -> int:
     if args.json:
         doc: dict[str, Any] = {"running": running, "config": str(args.config)}
         if snapshot is not None:
-            doc["uptime_s"] = snapshot.uptime_s if running else None
+            doc["uptime_s"] = now - snapshot.started_at if running else None
             doc["snapshot_age_s"] = now - snapshot.updated_at
             doc["health"] = snapshot.model_dump(mode="json", by_alias=True)
         json.dump(doc, sys.stdout, indent=1)
