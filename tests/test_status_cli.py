@@ -121,6 +121,7 @@ def test_status_and_metrics_of_a_running_pair(tmp_path: Path) -> None:
         out = qkdd("status", "-c", str(configs["alice"]))
         assert out.returncode == 3, out.stdout
         assert "not running (last seen" in out.stdout
+        assert "last reason" in out.stdout
         code, doc = _status_json(configs["alice"])
         assert code == 3 and doc["running"] is False and doc["health"]["running"] is True
 

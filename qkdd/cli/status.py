@@ -105,6 +105,8 @@ def show_status(args: argparse.Namespace) -> int:
             f"{_duration(now - snapshot.updated_at)} ago, pid {snapshot.pid}, "
             f"state {snapshot.state})"
         )
+        if snapshot.reason:
+            print(f"  last reason  {snapshot.reason}")
         return EXIT_NOT_RUNNING
     s = snapshot
     rows = [
