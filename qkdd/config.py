@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from qkdd.instruments.config import Backend, InstrumentConfig
 from qkdd.instruments.interfaces import InstrumentClass
 from qkdd.link.config import PeerConfig, ProtocolConfig
+from qkdd.metrics import MetricsConfig
 from qkdd.mqtt.config import ConsumerSlot, MqttConfig
 from qkdd.physics.config import SimulationConfig
 
@@ -92,6 +93,10 @@ class NodeConfig(BaseModel):
     )
     consumers: list[ConsumerSlot] = Field(
         default_factory=list, description="key consumer slots, the same names at both ends"
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Prometheus metrics from the health snapshot (off unless set)",
     )
 
     @model_validator(mode="after")

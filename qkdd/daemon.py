@@ -31,6 +31,7 @@ from typing import Any
 from qkdd.auth import AuthSession, load_auth_state
 from qkdd.auth.errors import AuthError
 from qkdd.config import ConfigError, NodeConfig, load_config
+from qkdd.health import HealthRecorder
 from qkdd.instruments.interfaces import (
     InstrumentClass,
     Laser,
@@ -47,6 +48,7 @@ from qkdd.instruments.registry import (
 )
 from qkdd.instruments.twins.fibre import FibreError
 from qkdd.instruments.twins.link import SimulatedLinkEnd, attach_simulated_link
+from qkdd.link.alarm_kinds import AlarmEvent, AlarmKind
 from qkdd.link.engine import EngineSettings, InstrumentSilent, LinkEngine
 from qkdd.link.events import FrameReport, KeysCommitted, LinkEvents
 from qkdd.link.keys import BlockKeys
@@ -62,6 +64,7 @@ from qkdd.link.quantum import (
 from qkdd.link.standard import StandardPostProcessing
 from qkdd.link.states import Transition
 from qkdd.logging import configure_logging, get_logger
+from qkdd.metrics import MetricsServer, textfile_sink
 from qkdd.mqtt.messages import CommandMessage
 from qkdd.mqtt.publisher import DeliveryError, MqttPublisher
 from qkdd.mqtt.seam import CommandRefused, FrameQber, LinkPublisher
@@ -395,6 +398,7 @@ class Daemon:
     events: LinkEvents = field(default_factory=LinkEvents)
     engine: LinkEngine | None = None
     publisher: MqttPublisher | None = None
+    health: HealthRecorder | None = None
     signals: bool = True  # False when several nodes share a process (qkdd demo)
     _stopping: bool = False
 
@@ -411,12 +415,17 @@ class Daemon:
         session: AuthSession | None = None
         sim_link: SimulatedLink | None = None
         control: ControlServer | None = None
+        metrics: MetricsServer | None = None
         try:
             try:
                 load_auth_state(store, role=cfg.node.role.value, link=cfg.node.link)
                 session = AuthSession(store)
             except AuthError as exc:
                 raise DaemonError(str(exc)) from None
+            # From here `qkdd status` sees the node, also while instruments open or the
+            # simulated fibre waits for the other end (which can take a minute).
+            self.health = self._health(cfg.simulated)
+            self.health.startup("opening instruments")
             opened = await open_instruments(
                 cfg.instruments, allow_simulated=cfg.node.allow_simulated
             )
@@ -424,8 +433,10 @@ class Daemon:
             if unusable:
                 raise DaemonError("instruments unusable: " + "; ".join(unusable))
             simulated = any(i.backend is BackendUsed.SIMULATED for i in opened)
+            self.health.simulated = simulated  # "auto" is decided only now
             basis_record = None
             if cfg.simulation is not None and simulated:
+                self.health.startup("waiting for the simulated fibre to the other end")
                 sim_link = SimulatedLink(cfg, opened)
                 await sim_link.attach()
                 if sim_link.active_basis:
@@ -480,21 +491,37 @@ class Daemon:
                 simulated=simulated,
                 secret_id=session.secret_id,
             )
+            self.health.startup("instruments open; starting the link")
             if "mqtt" in cfg.model_fields_set:
                 self.publisher = self._publisher(store, slots, simulated, sim_link)
+            if cfg.metrics.listen is not None:
+                metrics = MetricsServer(cfg.metrics.listen, self.health.snapshot)
+                try:
+                    await metrics.start()
+                except OSError as exc:
+                    raise DaemonError(f"metrics.listen {cfg.metrics.listen}: {exc}") from None
             self.events.on_transition.append(lambda t: self._status())
             self._install_signals()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._run_engine())
                 group.create_task(self._watchdog())
+                group.create_task(self.health.run(self._stop_requested))
                 if self.publisher is not None:
                     group.create_task(self._run_publisher(self.publisher))
                 self.notifier.notify(ready=1, status=self._status_text())
+        except DaemonError as exc:
+            if self.health is not None:
+                self.health.startup(f"cannot run: {exc}")
+            raise
         finally:
             self.notifier.notify(stopping=1, status="stopping")
             self._remove_signals()
             # Every step bounded: a peer or fibre that stopped reading must not hold
             # the process after SIGTERM.
+            if self.health is not None:
+                self.health.close()
+            if metrics is not None:
+                await _bounded(metrics.close())
             if control is not None:
                 await _bounded(control.close())
             if sim_link is not None:
@@ -507,6 +534,26 @@ class Daemon:
                 session.close()
             store.close()
         return 0
+
+    def _health(self, simulated: bool) -> HealthRecorder:
+        """The health snapshot (``qkdd status``) and the metrics built on it, fed by the
+        same link events as MQTT."""
+        cfg = self.config
+        sinks = [textfile_sink(cfg.metrics.textfile)] if cfg.metrics.textfile else []
+        recorder = HealthRecorder(
+            cfg.node.state_dir,
+            node=cfg.node.id,
+            link=cfg.node.link,
+            role=cfg.node.role.value,
+            simulated=simulated,
+            mqtt_connected=self._mqtt_connected if "mqtt" in cfg.model_fields_set else None,
+            sinks=sinks,
+        )
+        recorder.attach(self.events)
+        return recorder
+
+    def _mqtt_connected(self) -> bool:
+        return self.publisher is not None and self.publisher.connected.is_set()
 
     def _publisher(
         self,
@@ -521,6 +568,9 @@ class Daemon:
         wiring: MqttWiring | None = None
 
         def store_full(full: bool) -> None:
+            # The publisher raises store_full itself (not through the link's events).
+            if self.health is not None:
+                self.health.alarm(AlarmEvent(AlarmKind.STORE_FULL, full))
             if wiring is not None:
                 wiring.store_full(full)
             elif full:  # already full at start: pause before the first block
@@ -627,7 +677,7 @@ class Daemon:
         configure_logging(fresh.logging.level, json=fresh.logging.json_lines)
         ignored = [
             name
-            for name in ("node", "instruments", "protocol", "peer", "mqtt")
+            for name in ("node", "instruments", "protocol", "peer", "mqtt", "metrics")
             if getattr(fresh, name) != getattr(self.config, name)
         ]
         self.config = self.config.model_copy(update={"logging": fresh.logging})

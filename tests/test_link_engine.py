@@ -203,6 +203,24 @@ async def test_blinding_suspected_at_both_ends(tmp_path: Path) -> None:
         assert _committed_blocks(ln.alice) == _committed_blocks(ln.bob) == []
 
 
+async def test_a_committed_block_clears_block_level_alarms(tmp_path: Path) -> None:
+    """key_length_zero, blinding_suspect and auth_failure judged one block: the next block
+    committed clears them (status, MQTT and metrics stop showing them)."""
+    async with link(tmp_path) as ln:
+        for node in (ln.alice, ln.bob):  # as if an earlier block had ended with ℓ ≤ 0
+            node.engine._raise_alarm(AlarmKind.KEY_LENGTH_ZERO, {"block_id": 0})
+        await _until(lambda: ln.bob.engine.blocks_committed >= 1)
+        await _until(lambda: ln.alice.engine.blocks_committed >= 1)
+        await ln.stop()
+        for node in (ln.alice, ln.bob):
+            assert AlarmKind.KEY_LENGTH_ZERO not in node.engine.active_alarms
+            kinds = [(a.kind, a.active) for a in node.alarms]
+            assert kinds.index((AlarmKind.KEY_LENGTH_ZERO, False)) > kinds.index(
+                (AlarmKind.KEY_LENGTH_ZERO, True)
+            )
+            assert (AlarmKind.BLINDING_SUSPECT, False) not in kinds  # only raised ones clear
+
+
 def _drop_before(node: Node, kind: str) -> None:
     """Cut the connection when this end is about to send its first ``kind``."""
     channel = node.engine.channel

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qkdd.cli.schema",
     "qkdd.cli.secret",
     "qkdd.cli.simulate",
+    "qkdd.cli.status",
     "qkdd.cli.watch",
 )
 

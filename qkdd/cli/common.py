@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from qkdd.config import ConfigError, NodeConfig, load_config
-from qkdd.instruments.registry import DriverError, check_driver
 
 
 def load_checked_config(path: Path | str) -> NodeConfig:
@@ -15,6 +14,10 @@ def load_checked_config(path: Path | str) -> NodeConfig:
     Raises :class:`ConfigError` for any problem, so callers print one message
     and exit with code 2.
     """
+    # Imported here: the registry loads the simulated twins (numba), which commands
+    # that only read a config (``qkdd status``) need not pay for.
+    from qkdd.instruments.registry import DriverError, check_driver
+
     config = load_config(path)
     problems = []
     for name, instrument in config.instruments.items():

@@ -532,6 +532,11 @@ class LinkEngine:
         self.keys_committed += len(metas)
         self.key_bits_committed += sum(m.bits for m in metas)
         self.events.keys(KeysCommitted(block_id, metas))
+        # These alarms judged one block (its ℓ, its detector monitors, its tags); a later
+        # block committed at both ends shows the condition has passed. Without this they
+        # would stay "active" in status, MQTT and metrics until the next restart.
+        for kind in _CLEARED_BY_COMMIT:
+            self._clear_alarm(kind, {"block_id": block_id})
 
     # -- one block ----------------------------------------------------------------------
 
@@ -949,6 +954,9 @@ def _qber_for_reconciliation(stats: BlockStatistics) -> float:
     n = max(stats.n_test, 1)
     q = stats.test_qber
     return float(min(0.5, max(q + 3.0 * math.sqrt(max(q, 1e-3) * (1 - q) / n), 1e-3)))
+
+
+_CLEARED_BY_COMMIT = (AlarmKind.KEY_LENGTH_ZERO, AlarmKind.BLINDING_SUSPECT, AlarmKind.AUTH_FAILURE)
 
 
 def _alarm_of(reason: str) -> AlarmKind | None:

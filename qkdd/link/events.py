@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qkdd.link.alarms import AlarmEvent
+from qkdd.link.alarm_kinds import AlarmEvent
 from qkdd.link.states import Transition
 from qkdd.logging import get_logger
 from qkdd.store import KeyMeta
