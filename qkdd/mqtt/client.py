@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from qkdd.logging import get_logger
 from qkdd.mqtt.config import MqttConfig
+
+_log = get_logger("mqtt")
 
 
 def link_topic(mqtt: MqttConfig, node: str, link: str) -> str:
@@ -57,3 +64,29 @@ def make_client(
         # ACKs would stall every round trip by ~40 ms.
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
+
+
+async def keep_connected(
+    session: Callable[[], Awaitable[None]],
+    *,
+    stop: asyncio.Event,
+    connected: asyncio.Event,
+    backoff: tuple[float, float] = (0.5, 30.0),
+) -> None:
+    """Run ``session`` (one broker connection) until it returns or ``stop`` is set; a
+    lost connection is retried after a jittered, doubling delay that starts again from
+    the shortest once a session got connected."""
+    delay = backoff[0]
+    while not stop.is_set():
+        try:
+            await session()
+            return
+        except aiomqtt.MqttError as exc:
+            if connected.is_set():
+                delay = backoff[0]
+            _log.warning("broker connection lost", error=str(exc), retry_s=round(delay, 2))
+        connected.clear()
+        with contextlib.suppress(TimeoutError):
+            # Jitter: many clients of one restarted broker must not reconnect in step.
+            await asyncio.wait_for(stop.wait(), delay * (1 + 0.25 * random.random()))
+        delay = min(delay * 2, backoff[1])

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import sqlite3
 import stat
 import sys
@@ -35,7 +34,7 @@ import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from qkdd.logging import get_logger
-from qkdd.mqtt.client import link_topic, make_client
+from qkdd.mqtt.client import keep_connected, link_topic, make_client
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.messages import AckMessage, PlaintextKeyMessage, SealedKeyMessage, now_utc
 from qkdd.mqtt.sealing import SealingError, SlotKey
@@ -357,17 +356,7 @@ class KeyConsumer:
     async def run(self) -> None:
         """Hand over what a previous run stored, then receive until :meth:`stop`."""
         await self._hand_over_pending()
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                await self._session()
-                return
-            except aiomqtt.MqttError as exc:
-                _log.warning("broker connection lost", error=str(exc), retry_s=round(delay, 2))
-            self.connected.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay * (1 + 0.25 * random.random()))
-            delay = min(delay * 2, 30.0)
+        await keep_connected(self._session, stop=self._stop, connected=self.connected)
 
     async def _session(self) -> None:
         identifier = (

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -40,7 +39,7 @@ from qkdd import __version__
 from qkdd.link.alarms import AlarmEvent, AlarmKind
 from qkdd.link.states import LinkState
 from qkdd.logging import get_logger
-from qkdd.mqtt.client import link_topic, make_client
+from qkdd.mqtt.client import keep_connected, link_topic, make_client
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.messages import (
     SCHEMA_VERSION,
@@ -221,17 +220,12 @@ class MqttPublisher:
     async def run(self) -> None:
         """Connect, publish, reconnect with back-off; returns after :meth:`stop`."""
         self._seal_backlog()
-        delay = self._backoff[0]
-        while not self._stop.is_set():
-            try:
-                await self._connect_and_serve()
-                return
-            except aiomqtt.MqttError as exc:
-                _log.warning("broker connection lost", error=str(exc), retry_s=round(delay, 2))
-            self.connected.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay * (1 + 0.25 * random.random()))
-            delay = min(delay * 2, self._backoff[1])
+        await keep_connected(
+            self._connect_and_serve,
+            stop=self._stop,
+            connected=self.connected,
+            backoff=self._backoff,
+        )
 
     async def stop(self) -> None:
         """Publish ``online: false`` (state STOPPED) and disconnect; :meth:`run` returns."""
