@@ -758,7 +758,7 @@ class LinkEngine:
         assert self.receiver is not None
         update = self.timing.update(self.receiver.timing())
         if update.lost is not None:
-            self._raise_alarm(AlarmKind.TIMING_SHIFT, update.values)
+            self._warning(AlarmKind.TIMING_SHIFT, True, update.values)
             raise TimingLost(update.lost)
         self.receiver.set_delay(update.delay_ps)
         self._warning(AlarmKind.TIMING_SHIFT, bool(update.shifted), update.values)
