@@ -197,6 +197,14 @@ def test_peer_killed_leaves_no_key_at_one_end(tmp_path: Path, victim: str, momen
         del survivor
     ka, kb = _committed(configs["alice"]), _committed(configs["bob"])
     assert ka == kb
+    # Authentication key positions: every session, the restarted node's included (its
+    # log file is appended to), starts past every unit used before it, in both streams.
+    for proc in (nodes["alice"], nodes["bob"]):
+        synced = _events(proc, "authentication streams synchronised")
+        assert len(synced) >= 2, proc.role
+        for stream in ("tx_index", "rx_index"):
+            marks = [int(r[stream]) for r in synced]
+            assert marks == sorted(set(marks)), (proc.role, stream, marks)
     for role in ("alice", "bob"):
         pending = [
             k for k in keys_json(configs[role], reveal=False)["keys"] if k["state"] == "pending"
