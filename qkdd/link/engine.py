@@ -437,11 +437,12 @@ class LinkEngine:
             self._to(S.FAULT, "authentication exhausted: both ends need a new secret")
             raise
         self._clear_alarm(AlarmKind.PEER_LOST)
-        self._clear_alarm(AlarmKind.DEVICE_FAULT)
         try:
             await self._exchange_decisions()
             self._to(S.CALIBRATING, "peer connected")
             await self._calibrate()
+            # Only instruments that answered a calibration end a device fault.
+            self._clear_alarm(AlarmKind.DEVICE_FAULT)
             while not self._stop.is_set():
                 if self.alice:
                     await self._between_blocks()

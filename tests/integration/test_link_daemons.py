@@ -265,3 +265,54 @@ def test_attack_ends_in_its_alarm_and_commits_nothing(
     assert {r["block_id"] for r in _events(alice, "block committed")} == committed
     ka, kb = _committed(configs["alice"]), _committed(configs["bob"])
     assert ka == kb
+
+
+def _control(state_dir: Path, command: str) -> str:
+    """One line to a node's control socket (simulated links only), its one-line reply."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(state_dir / "control.sock"))
+        sock.sendall(command.encode() + b"\n")
+        return sock.makefile().readline().strip()
+
+
+@pytest.mark.acceptance
+@pytest.mark.timeout(900)
+def test_silent_instrument_faults_backs_off_and_resumes(tmp_path: Path) -> None:
+    """Bob's time tagger stops answering: FAULT and device_fault, retries with a growing
+    delay while it stays silent, then the link recovers by itself; no key at one end only."""
+    _reconciliation()
+    _init(tmp_path)
+    configs = example_configs(tmp_path, free_port(), peer={"receive_timeout_s": 10.0})
+    with processes() as procs:
+        alice = start("alice", configs["alice"], tmp_path)
+        bob = start("bob", configs["bob"], tmp_path)
+        procs += [alice, bob]
+        assert wait_for(lambda: _blocks_committed(bob) >= 1, 300), _tail(alice, bob)
+        assert _control(tmp_path / "bob", "silence on") == "ok silence on"
+
+        def faults() -> list[float]:
+            return [
+                float(r["retry_in_s"]) for r in _alarms(bob, "device_fault") if "retry_in_s" in r
+            ]
+
+        assert wait_for(lambda: len(faults()) >= 3, 300), _tail(alice, bob)
+        # Reconnecting is not recovering: the alarm stays raised while the tagger is silent.
+        assert not _alarms(bob, "device_fault", active=False)
+        retries = faults()
+        assert retries == sorted(retries) and retries[-1] > retries[0]  # back-off grows
+        assert any(
+            r.get("target") == "FAULT" and "InstrumentSilent" in str(r.get("reason", ""))
+            for r in _events(bob, "link state")
+        )
+        committed = _blocks_committed(bob)
+        assert _control(tmp_path / "bob", "silence off") == "ok silence off"
+        assert wait_for(lambda: _blocks_committed(bob) > committed, 300), _tail(alice, bob)
+        assert _alarms(bob, "device_fault", active=False)
+        _stop(alice, bob)
+    assert _committed(configs["alice"]) == _committed(configs["bob"])
+    for role in ("alice", "bob"):
+        states = {k["state"] for k in keys_json(configs[role], reveal=False)["keys"]}
+        assert states <= {"committed"}, (role, states)
