@@ -327,6 +327,7 @@ async def test_timing_beyond_bounds_recalibrates_through_a_fault(tmp_path: Path)
         _no_partial_blocks(ln)
 
 
+@pytest.mark.slow  # waits out instrument timeouts / several blocks
 async def test_silent_instrument_faults_retries_with_backoff_and_resumes(tmp_path: Path) -> None:
     states: list[tuple[str, str]] = []
     async with link(tmp_path) as ln:
@@ -357,6 +358,7 @@ async def test_silent_instrument_faults_retries_with_backoff_and_resumes(tmp_pat
         _no_partial_blocks(ln)
 
 
+@pytest.mark.slow  # waits out instrument timeouts / several blocks
 async def test_block_costing_more_authentication_than_it_yields_warns(tmp_path: Path) -> None:
     from qkdd.auth.economics import ReplenishmentRule
 
