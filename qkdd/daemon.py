@@ -46,6 +46,7 @@ from qkdd.instruments.registry import (
     close_instruments,
     open_instruments,
 )
+from qkdd.instruments.twins.detection import SimulatedTimeTagger
 from qkdd.instruments.twins.fibre import FibreError
 from qkdd.instruments.twins.link import SimulatedLinkEnd, attach_simulated_link
 from qkdd.link.alarm_kinds import AlarmEvent, AlarmKind
@@ -215,6 +216,15 @@ class SimulatedLink:
         eve = self.end.receiver.eve
         return f"{eve.model.value}:{eve.fraction:g}"
 
+    def set_tagger_silent(self, silent: bool) -> str:
+        """Make Bob's simulated time tagger stop (or resume) answering: a device fault."""
+        taggers = [i for i in self.instruments if isinstance(i, SimulatedTimeTagger)]
+        if not taggers:
+            raise ValueError("only Bob's node has the simulated time tagger")
+        for tagger in taggers:
+            tagger.silent = silent
+        return "on" if silent else "off"
+
     async def close(self) -> None:
         if self.end is not None:
             await self.end.close()
@@ -226,7 +236,9 @@ CONTROL_SOCKET = "control.sock"
 
 class ControlServer:
     """A local control socket (0600, in the state directory), only for simulated links:
-    ``eve MODEL[:f]`` switches the eavesdropper, ``status`` answers the link status."""
+    ``eve MODEL[:f]`` switches the eavesdropper, ``silence on|off`` makes the simulated
+    time tagger stop answering (a device fault, for tests), ``status`` answers the link
+    status."""
 
     def __init__(self, path: Path, link: SimulatedLink, status: Callable[[], str]) -> None:
         self.path = path
@@ -253,8 +265,15 @@ class ControlServer:
                     reply = f"error {exc}"
             elif command == "status":
                 reply = f"ok {self.status()}"
+            elif command == "silence" and argument.strip() in ("on", "off"):
+                try:
+                    now = self.link.set_tagger_silent(argument.strip() == "on")
+                    _log.warning("simulated time tagger silence", silence=now)
+                    reply = f"ok silence {now}"
+                except ValueError as exc:
+                    reply = f"error {exc}"
             else:
-                reply = "error commands: eve MODEL[:FRACTION] | status"
+                reply = "error commands: eve MODEL[:FRACTION] | silence on|off | status"
             writer.write(reply.encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):

@@ -23,9 +23,17 @@ def example_configs(tmp: Path, port: int, **overrides: Any) -> dict[str, Path]:
         # No broker here unless a test brings one ([mqtt] turns key delivery on, which
         # needs a consumer secret per slot).
         data.pop("mqtt", None)
-        for section, values in overrides.items():
-            data.setdefault(section, {}).update(values)
+        _merge(data, overrides)
         path = tmp / f"{role}.toml"
         path.write_text(tomli_w.dumps(data))
         out[role] = path
     return out
+
+
+def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Nested update: ``{"simulation": {"channel": {"distance_km": 25}}}`` changes one key."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _merge(data[key], value)
+        else:
+            data[key] = value

@@ -13,6 +13,7 @@ The engine is tested with these; the daemon uses the production implementations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from qkdd.frames import FramePattern
+from qkdd.link.calibration import DetectorTiming
 from qkdd.link.postprocess import Bits, ReconMessage, ReconResult
 from qkdd.link.quantum import RawFrame
 from qkdd.postprocessing.sifting import Detections
@@ -39,6 +41,9 @@ class ModelLink:
     seed: int = 7
     calibrated_delay_ps: float | None = None
     slot_rate_hz: float = 1e7
+    # Per detector (tagger channel), how far its timing peak has moved since the start.
+    detector_shift_ps: dict[int, float] = field(default_factory=lambda: {1: 0.0, 2: 0.0})
+    silent: bool = False  # Bob's instruments stop answering (the light still arrives)
     queue: asyncio.Queue[FramePattern] = field(default_factory=lambda: asyncio.Queue(4))
 
     def __post_init__(self) -> None:
@@ -89,11 +94,22 @@ class _Tx:
         await self.link.queue.put(pattern)
 
 
+_DELAY_SLOTS = 7.4  # the model's fixed delay: 7 slots and a 40 % phase
+
+
 class _Rx:
     def __init__(self, link: ModelLink) -> None:
         self.link = link
 
+    async def _silence(self) -> None:
+        """While silent, frames arrive and are lost, and nothing answers."""
+        while self.link.silent:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.link.queue.get_nowait()
+            await asyncio.sleep(0.01)
+
     async def receive_frame(self, frame: int, n_slots: int) -> Detections:
+        await self._silence()
         pattern = await self.link.queue.get()
         assert pattern.n_slots == n_slots
         return self.link.detect(pattern)
@@ -102,15 +118,28 @@ class _Rx:
         return {"bias_monitor_a": self.link.bias_monitor_a}
 
     async def receive_raw(self, n_slots: int, max_offset_slots: int) -> RawFrame:
-        """The model's clicks on a clock with a fixed delay of 7 slots and a 40 % phase."""
+        """The model's clicks on a clock with a fixed delay of 7 slots and a 40 % phase
+        (plus the detectors' mean timing shift)."""
+        await self._silence()
         pattern = await self.link.queue.get()
         det = self.link.detect(pattern)
         period = 1e12 / self.link.slot_rate_hz
-        times = np.rint((det.slot + 7) * period + 0.4 * period).astype(np.int64)
+        shifts = self.link.detector_shift_ps.values()
+        shift = sum(shifts) / max(1, len(shifts))
+        times = np.rint((det.slot + _DELAY_SLOTS) * period + shift).astype(np.int64)
         return RawFrame(0, times, det.basis, det.bit)
 
     def set_delay(self, delay_ps: float) -> None:
         self.link.calibrated_delay_ps = delay_ps
+
+    def timing(self) -> dict[int, DetectorTiming]:
+        """Each detector's peak against the window Bob set last (50 ps jitter)."""
+        period = 1e12 / self.link.slot_rate_hz
+        window = self.link.calibrated_delay_ps or 0.0
+        return {
+            ch: DetectorTiming(_DELAY_SLOTS * period + shift - window, 50.0, 10_000)
+            for ch, shift in self.link.detector_shift_ps.items()
+        }
 
 
 # -- reconciliation: interactive binary search over shuffled blocks ------------------------

@@ -174,3 +174,97 @@ def test_matches_a_bit_by_bit_reference(bits: list[int], frame: int) -> None:
             if e.kind is AlarmKind.QBER_HIGH
         ]
     assert seen == _reference(bits, 32, test.threshold)
+
+
+# -- decoy_ratio_shift ------------------------------------------------------------------
+
+_MU = (0.5, 0.1, 0.0002)
+_P_CLASS = (0.5, 0.3, 0.2)
+
+
+def _expected_sifted(distance_km: float, eve: str = "none", **extra: object) -> np.ndarray:
+    from qkdd.physics.expected import LinkPhysics, expected_statistics, fibre_transmittance
+
+    phys = LinkPhysics(
+        mu=_MU,
+        p_class=_P_CLASS,
+        p_key=0.85,
+        eta_channel=fibre_transmittance(0.2, distance_km),
+        efficiency=(0.2, 0.2),
+        dark_count=(1e-7, 1e-7),
+        misalignment=0.005,
+        dead_time_slots=10,
+        eve=eve,
+        **extra,  # type: ignore[arg-type]
+    )
+    return np.asarray(expected_statistics(phys).sifted_gain)
+
+
+@pytest.mark.parametrize("distance_km", [0.0, 2.0, 25.0, 50.0, 100.0])
+def test_decoy_ratio_of_an_honest_link_is_consistent(distance_km: float) -> None:
+    from qkdd.link.alarms import decoy_ratio_check
+
+    sent = np.array(_P_CLASS) * 1e8
+    rng = np.random.default_rng(int(distance_km))
+    gain = _expected_sifted(distance_km, afterpulse=(0.02, 0.02), afterpulse_memory=0.5)
+    for _ in range(50):  # binomial noise on every class
+        detected = rng.binomial(sent.astype(np.int64), gain)
+        assert decoy_ratio_check(sent, detected, _MU) is None
+
+
+@pytest.mark.parametrize(("distance_km", "direction"), [(2.0, 1), (25.0, -1), (50.0, -1)])
+def test_pns_shifts_the_decoy_ratio(distance_km: float, direction: int) -> None:
+    from qkdd.link.alarms import decoy_ratio_check
+
+    sent = np.array(_P_CLASS) * 1e8
+    event = decoy_ratio_check(sent, _expected_sifted(distance_km, "pns") * sent, _MU)
+    assert event is not None and event.kind is AlarmKind.DECOY_RATIO_SHIFT
+    assert event.level is AlarmLevel.WARNING and event.active
+    # Short links: PNS forwards extra multi-photon light (decoy gain up); long links: it
+    # blocks single photons (decoy gain down, about a quarter of the expected at 50 km).
+    assert (event.values["ratio"] - 1) * direction > 0.1
+
+
+def test_decoy_ratio_needs_evidence_beyond_noise() -> None:
+    from qkdd.link.alarms import decoy_ratio_check
+
+    # 1000 pulses per class: a 30 % shift is well within the statistical bound.
+    sent = np.array([1000, 1000, 1000])
+    assert decoy_ratio_check(sent, [60, 8, 0], _MU) is None
+    # Undecidable inputs give no warning rather than an exception.
+    assert decoy_ratio_check([0, 10, 10], [0, 1, 0], _MU) is None
+    assert decoy_ratio_check(sent, [0, 0, 0], _MU) is None
+
+
+def test_honest_simulated_link_runs_many_windows_without_a_false_qber_high() -> None:
+    """The physics simulator's test-basis bits (misalignment 3 %, dark counts, dead time,
+    afterpulses) through the windowed test: hundreds of disjoint windows and ~10^5
+    overlapping ones, never an alarm."""
+    from qkdd.physics.expected import LinkPhysics, fibre_transmittance
+    from qkdd.physics.simulator import ClickSimulator
+
+    phys = LinkPhysics(
+        mu=_MU,
+        p_class=_P_CLASS,
+        p_key=0.5,
+        eta_channel=fibre_transmittance(0.2, 10.0),
+        efficiency=(0.2, 0.2),
+        dark_count=(1e-6, 1e-6),
+        misalignment=0.03,
+        afterpulse=(0.01, 0.01),
+        afterpulse_memory=0.5,
+        dead_time_slots=10,
+    )
+    sim = ClickSimulator(phys, np.random.default_rng(2026))
+    test = QberAlarmTest()
+    bits = errors = 0
+    while bits < 400 * test.window_bits:
+        frame = sim.run(2_000_000)
+        t = (frame.alice_basis == 1) & (frame.bob_basis == 1) & (frame.intensity != 2)
+        wrong = (frame.alice_bit[t] != frame.bob_bit[t]).astype(np.int8)
+        result = test.observe(wrong)
+        assert not any(e.kind is AlarmKind.QBER_HIGH for e in result.events), result
+        bits += wrong.size
+        errors += int(wrong.sum())
+    assert not test.alarm_active
+    assert 0.02 < errors / bits < 0.04  # the link really ran at its 3 % misalignment

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from qkdd.instruments.config import InstrumentConfig
 from qkdd.instruments.interfaces import InstrumentClass
@@ -198,3 +199,43 @@ async def test_engines_over_the_simulated_link_agree_on_keys(tmp_path: Path) -> 
             end.close()
     assert np.isfinite(qp.rx.delay_ps)
     assert engines[0].blocks_aborted <= 1  # the block in flight when stopped
+
+
+async def test_timing_tracker_sees_one_detector_shifted_on_the_simulated_link() -> None:
+    from qkdd.link.calibration import TimingTracker
+
+    sim = _sim(distance_km=3.0)
+    async with quantum_path(sim, PROTOCOL) as qp:
+        n = 200_000
+        seed = os.urandom(16)
+        await qp.tx.send_pattern(calibration_pattern(seed, n))
+        raw = await qp.rx.receive_raw(n, 100_000)
+        est = find_delay(
+            raw.times_ps,
+            raw.basis,
+            raw.bit,
+            calibration_pattern(seed, n),
+            first_slot=raw.first_slot,
+            period_ps=1000.0,
+            max_offset_slots=100_000,
+        )
+        assert est.found
+        qp.rx.set_delay(est.delay_ps)
+        tracker = TimingTracker(1000.0, warn_ps=50.0)
+        tracker.calibrated(est.delay_ps)
+        await qp.tx.send_frame(0, n)
+        await qp.rx.receive_frame(0, n)
+        honest = qp.rx.timing()
+        assert set(honest) == {1, 2}  # active receiver: two detectors
+        assert all(abs(t.offset_ps) < 20 and t.clicks > 1000 for t in honest.values())
+        assert not tracker.update(honest).shifted
+        # A time-shift attack (or a failing detector) moves detector 2's peak by 150 ps.
+        tagger = next(i for i in qp.instruments if isinstance(i, SimulatedTimeTagger))
+        await tagger.configure_channel(2, trigger_level_v=0.1, delay_ps=150)
+        await qp.tx.send_frame(1, n)
+        await qp.rx.receive_frame(1, n)
+        shifted = qp.rx.timing()
+        assert shifted[2].offset_ps - shifted[1].offset_ps == pytest.approx(150, abs=20)
+        update = tracker.update(shifted)
+        # With two detectors either may have moved: both sit 75 ps from the common peak.
+        assert update.lost is None and 2 in update.shifted

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import beta, binom
+from scipy.stats import beta, binom, norm
 
 # The kinds, levels and events live in a light module (no scipy) so that the health
 # snapshot, the metrics and the config load fast; re-exported here.
@@ -185,3 +185,76 @@ class QberAlarmTest:
                 {"cusum": float(path[crossed[0]]), "threshold": self.cusum_threshold},
             )
         ]
+
+
+# -- decoy_ratio_shift: the gains per intensity class against the link's own model ------
+
+
+def _decoy_prediction(
+    gain: tuple[float, float, float], mu: tuple[float, float, float]
+) -> tuple[float, float, float] | None:
+    """Class-2 gain (μ2) predicted from the signal and weak classes, and its partial
+    derivatives in Q1 and Q3; None when the two do not determine a transmittance."""
+    q1, _, q3 = gain
+    if not 0.0 <= q3 < q1 < 1.0 or mu[0] <= mu[2]:
+        return None
+    # Q_k = 1 − (1 − Y0)·e^(−η·μ_k): η and Y0 from Q1 and Q3, then Q2. A common factor
+    # on every class (dead time, basis sifting) cancels to first order, which is why
+    # the ratio, not the absolute gain, is what is tested.
+    a = (mu[1] - mu[2]) / (mu[0] - mu[2])  # weight of Q1 in the interpolation exponent
+    r1, r3 = 1.0 - q1, 1.0 - q3
+    predicted = 1.0 - r1**a * r3 ** (1.0 - a)
+    d_q1 = a * r1 ** (a - 1.0) * r3 ** (1.0 - a)
+    d_q3 = (1.0 - a) * r1**a * r3 ** (-a)
+    return predicted, d_q1, d_q3
+
+
+def decoy_ratio_check(
+    sent_per_class: npt.ArrayLike,
+    detected_per_class: npt.ArrayLike,
+    mu: tuple[float, float, float],
+    *,
+    tolerance: float = 0.05,
+    p_value: float = 1e-9,
+) -> AlarmEvent | None:
+    """``decoy_ratio_shift`` when the decoy class's detection/sent ratio disagrees with the
+    one the signal and weak classes imply for an honest channel (a photon-number-splitting
+    signature), beyond ``tolerance`` (relative: the model's own inaccuracy, afterpulses,
+    intensity errors) plus the statistical bound at ``p_value`` (two-sided, normal).
+
+    Returns the warning (``active``) or None when consistent or undecidable.
+    """
+    sent = np.asarray(sent_per_class, dtype=np.float64)
+    det = np.asarray(detected_per_class, dtype=np.float64)
+    if sent.shape != (3,) or det.shape != (3,) or bool((sent <= 0).any()):
+        return None
+    q = det / sent
+    prediction = _decoy_prediction((float(q[0]), float(q[1]), float(q[2])), mu)
+    if prediction is None:
+        return None
+    expected, d_q1, d_q3 = prediction
+    if expected <= 0.0:
+        return None
+    # Binomial variances of the three observed gains, propagated (delta method).
+    var = (
+        expected * (1.0 - expected) / sent[1]
+        + d_q1**2 * q[0] * (1.0 - q[0]) / sent[0]
+        + d_q3**2 * q[2] * (1.0 - q[2]) / sent[2]
+    )
+    sigma = math.sqrt(max(var, 0.0))
+    z_crit = float(norm.isf(p_value / 2.0))
+    deviation = float(q[1]) - expected
+    bound = tolerance * expected + z_crit * sigma
+    if abs(deviation) <= bound:
+        return None
+    return AlarmEvent(
+        AlarmKind.DECOY_RATIO_SHIFT,
+        True,
+        {
+            "decoy_gain": float(q[1]),
+            "expected_decoy_gain": expected,
+            "ratio": float(q[1]) / expected,
+            "z": deviation / sigma if sigma > 0 else math.inf,
+            "tolerance": tolerance,
+        },
+    )

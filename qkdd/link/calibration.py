@@ -17,6 +17,7 @@ is repeated. Pure numpy: runs in the engine's executor.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,3 +96,115 @@ def find_delay(
     # z-sigma event there (the max over 10^6 wrong offsets is about 5σ).
     z = float(candidates[k] / np.sqrt(u.size)) if u.size else 0.0
     return DelayEstimate(k * period_ps + phase_ps, k, phase_ps, z, int(u.size))
+
+
+# -- tracking: the detection window follows drift; per-detector shifts warn -----------------
+
+
+@dataclass(frozen=True)
+class DetectorTiming:
+    """Where one detector's clicks fall relative to the current window centre."""
+
+    offset_ps: float  # median of (tag time − window centre), folded into ±half a slot
+    spread_ps: float  # robust standard deviation (1.4826 × MAD)
+    clicks: int
+
+
+def detector_timing(
+    times_ps: npt.NDArray[np.int64],
+    channels: npt.NDArray[np.integer],
+    *,
+    period_ps: float,
+    delay_ps: float,
+) -> dict[int, DetectorTiming]:
+    """Per tagger channel: the timing peak's offset from the window centre (``delay_ps``).
+    The median, not the mean, so dark counts spread over the slot do not pull it."""
+    if times_ps.size == 0:
+        return {}
+    t = times_ps.astype(np.float64) - delay_ps
+    residual = t - np.rint(t / period_ps) * period_ps
+    out: dict[int, DetectorTiming] = {}
+    for ch in np.unique(channels):
+        r = residual[channels == ch]
+        med = float(np.median(r))
+        mad = float(np.median(np.abs(r - med)))
+        out[int(ch)] = DetectorTiming(med, 1.4826 * mad, int(r.size))
+    return out
+
+
+@dataclass(frozen=True)
+class TimingUpdate:
+    """One frame's tracking outcome: the new window centre and what it says."""
+
+    delay_ps: float
+    shifted: dict[int, float]  # detector → shift (ps) beyond the warning bound
+    lost: str | None  # why the window is lost (recalibrate), or None
+    values: dict[str, float | int]
+
+
+class TimingTracker:
+    """Follow slow drift of the detection window with bounded steps (DESIGN §4).
+
+    All detectors share one window (identical windows: a detector-dependent window
+    would let timing select bit values). Each frame the common offset — the
+    click-weighted mean of the detectors' peaks — moves the window by at most
+    ``max_step_ps``. A detector whose peak sits more than ``warn_ps`` from the common
+    one, or a window that has drifted more than ``warn_ps`` from its calibrated place,
+    gives ``timing_shift`` (a time-shift attack shows there); a common offset beyond
+    ``lost_ps`` means the window is lost and the link must recalibrate.
+    """
+
+    def __init__(
+        self,
+        period_ps: float,
+        *,
+        warn_ps: float | None = None,
+        lost_ps: float | None = None,
+        max_step_ps: float | None = None,
+        min_clicks: int = 200,
+        z: float = 6.0,
+    ) -> None:
+        self.period_ps = period_ps
+        self.warn_ps = warn_ps if warn_ps is not None else 0.1 * period_ps
+        self.lost_ps = lost_ps if lost_ps is not None else 0.3 * period_ps
+        self.max_step_ps = max_step_ps if max_step_ps is not None else 0.02 * period_ps
+        self.min_clicks = min_clicks
+        self.z = z
+        self.calibrated_ps = 0.0
+        self.delay_ps = 0.0
+
+    def calibrated(self, delay_ps: float) -> None:
+        """A fresh calibration: the window centre and the reference for drift."""
+        self.calibrated_ps = self.delay_ps = delay_ps
+
+    def update(self, timing: dict[int, DetectorTiming]) -> TimingUpdate:
+        usable = {ch: t for ch, t in timing.items() if t.clicks >= self.min_clicks}
+        if not usable:
+            return TimingUpdate(self.delay_ps, {}, None, {})
+        clicks = sum(t.clicks for t in usable.values())
+        common = sum(t.offset_ps * t.clicks for t in usable.values()) / clicks
+        drift = self.delay_ps + common - self.calibrated_ps
+        values: dict[str, float | int] = {
+            "common_offset_ps": common,
+            "drift_ps": drift,
+            "warn_ps": self.warn_ps,
+        }
+        if abs(common) > self.lost_ps or abs(drift) > self.lost_ps:
+            why = (
+                f"detection window lost: peak {common:.0f} ps from the window centre, "
+                f"{drift:.0f} ps from the calibrated one"
+            )
+            return TimingUpdate(self.delay_ps, {}, why, values)
+        shifted: dict[int, float] = {}
+        for ch, t in usable.items():
+            # The statistical margin: a median of n clicks with spread s errs by ~1.25 s/√n.
+            margin = self.z * 1.25 * t.spread_ps / math.sqrt(t.clicks)
+            relative = t.offset_ps - common
+            if abs(relative) > self.warn_ps + margin:
+                shifted[ch] = relative
+                values[f"detector_{ch}_shift_ps"] = relative
+        if abs(drift) > self.warn_ps:
+            shifted[0] = drift  # 0: the common window itself has drifted
+        step = max(-self.max_step_ps, min(self.max_step_ps, common))
+        self.delay_ps += step
+        return TimingUpdate(self.delay_ps, shifted, None, values)

@@ -52,6 +52,15 @@ class ProtocolConfig(BaseModel):
     alarm_window_bits: int = Field(default=512, ge=64, description="n_w of the alarm test")
     alarm_p_value: float = Field(default=1e-9, gt=0, lt=1, description="alarm significance")
     key_size_bits: int = Field(default=256, gt=0, multiple_of=8, description="size of a key")
+    decoy_ratio_tolerance: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description=(
+            "decoy_ratio_shift warns when the decoy class's gain differs from the one the "
+            "signal and weak classes imply by more than this fraction plus the statistical bound"
+        ),
+    )
 
 
 class PeerConfig(BaseModel):

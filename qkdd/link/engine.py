@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from qkdd.auth import AuthSession, HandshakeOffer, ResyncExhaustedError
+from qkdd.auth.economics import UNIT_BITS
 from qkdd.frames import BASIS_K, BASIS_T, FramePattern, class_counts
-from qkdd.link.alarms import AlarmEvent, AlarmKind, QberAlarmTest
-from qkdd.link.calibration import calibration_pattern, find_delay
+from qkdd.link.alarms import AlarmEvent, AlarmKind, QberAlarmTest, decoy_ratio_check
+from qkdd.link.calibration import TimingTracker, calibration_pattern, find_delay
 from qkdd.link.channel import (
     ChannelAlarm,
     PeerAborted,
@@ -121,6 +122,10 @@ class CalibrationFailed(RuntimeError):
     """No calibration frame showed a clear delay (a fault: retried with back-off)."""
 
 
+class TimingLost(RuntimeError):
+    """The detection window drifted beyond its bounds (a fault: the retry recalibrates)."""
+
+
 class BlockAborted(Exception):
     """The block is abandoned; ``alarm`` is the abort-level alarm behind it, if any."""
 
@@ -173,6 +178,7 @@ class LinkEngine:
             p_value=self.protocol.alarm_p_value,
         )
         self.active_alarms: set[AlarmKind] = set()
+        self.timing = TimingTracker(1e12 / self.protocol.slot_rate_hz)
         self.channel = PeerChannel(
             settings.peer,
             session,
@@ -225,6 +231,16 @@ class LinkEngine:
             self.active_alarms.discard(kind)
             _log.info("alarm cleared", kind=str(kind))
             self.events.alarm(AlarmEvent(kind, False, dict(values or {})))
+
+    def _warning(
+        self, kind: AlarmKind, active: bool, values: dict[str, float | int] | None = None
+    ) -> None:
+        """A warning-level condition as a state: published when it starts and when it ends,
+        not once per block while it lasts."""
+        if active and kind not in self.active_alarms:
+            self._raise_alarm(kind, values)
+        elif not active:
+            self._clear_alarm(kind, values)
 
     def _channel_alarm(self, alarm: ChannelAlarm) -> None:
         self._raise_alarm(alarm.kind)
@@ -424,11 +440,12 @@ class LinkEngine:
             self._to(S.FAULT, "authentication exhausted: both ends need a new secret")
             raise
         self._clear_alarm(AlarmKind.PEER_LOST)
-        self._clear_alarm(AlarmKind.DEVICE_FAULT)
         try:
             await self._exchange_decisions()
             self._to(S.CALIBRATING, "peer connected")
             await self._calibrate()
+            # Only instruments that answered a calibration end a device fault.
+            self._clear_alarm(AlarmKind.DEVICE_FAULT)
             while not self._stop.is_set():
                 if self.alice:
                     await self._between_blocks()
@@ -488,6 +505,7 @@ class LinkEngine:
                 est = await self._cpu(search)
                 if est.found:
                     self.receiver.set_delay(est.delay_ps)
+                    self.timing.calibrated(est.delay_ps)
                 _log.info(
                     "calibration frame",
                     found=est.found,
@@ -610,6 +628,18 @@ class LinkEngine:
             )
         return length.secret_bits
 
+    def _check_decoy_ratios(self, stats: BlockStatistics) -> None:
+        """Warning ``decoy_ratio_shift`` (both ends decide alike from the same counts).
+        The decoy bound itself accounts for the shift in ℓ; this names the cause."""
+        event = decoy_ratio_check(
+            stats.sent_per_class,
+            stats.key_counts + stats.test_counts,
+            self.protocol.intensities.mu,
+            tolerance=self.protocol.decoy_ratio_tolerance,
+            p_value=self.protocol.alarm_p_value,
+        )
+        self._warning(AlarmKind.DECOY_RATIO_SHIFT, event is not None, event.values if event else {})
+
     def _observe_alarm(self, frame_errors: np.ndarray, probing: bool) -> tuple[float, float]:
         result = self.alarm_test.observe(frame_errors)
         for event in result.events:
@@ -701,12 +731,16 @@ class LinkEngine:
             self._to(S.TRANSMIT, f"block {block_id} frame {frame}")
             detections = await self._instrument(self.receiver.receive_frame(frame, n_slots))
             monitor = await self._instrument(self.receiver.monitor())
-            await self.channel.send(_bob_report(block_id, frame, detections))
+            # Checked before the report leaves: nothing of a blinded frame is revealed, and
+            # Alice, waiting for the report, reads the abort at once (were she already
+            # sending the next frame, she would wait on a fibre nobody reads any more).
             if monitor.get("bias_monitor_a", 0.0) > _BLINDING_PHOTOCURRENT_A:
                 raise BlockAborted(
                     f"detector photocurrent {monitor['bias_monitor_a']:.3g} A: blinding suspected",
                     AlarmKind.BLINDING_SUSPECT,
                 )
+            self._track_timing()
+            await self.channel.send(_bob_report(block_id, frame, detections))
             reply = await self.channel.expect(SiftReply, timeout)
             if reply.block_id != block_id or reply.frame != frame:
                 raise ProtocolViolation("sift reply for another frame")
@@ -726,6 +760,17 @@ class LinkEngine:
         if probing:
             raise BlockAborted("probe block while the alarm is active", local=False)
         await self._finish_block_protocol(block_id, accumulate(frames_stats), key_parts)
+
+    def _track_timing(self) -> None:
+        """Bob: move the window with the drift; warn on a shift; a lost window is a fault
+        (the retry recalibrates), so no frame is sifted with a wrong slot assignment."""
+        assert self.receiver is not None
+        update = self.timing.update(self.receiver.timing())
+        if update.lost is not None:
+            self._warning(AlarmKind.TIMING_SHIFT, True, update.values)
+            raise TimingLost(update.lost)
+        self.receiver.set_delay(update.delay_ps)
+        self._warning(AlarmKind.TIMING_SHIFT, bool(update.shifted), update.values)
 
     async def _wait_block_start(self) -> BlockStart:
         while True:
@@ -772,6 +817,9 @@ class LinkEngine:
         timeout = self.settings.peer.receive_timeout_s
         role = self.settings.role
         self._to(S.ESTIMATE, f"block {block_id}: {stats.n_key} sifted key bits")
+        # Every frame of the block passed the photocurrent monitor.
+        self._clear_alarm(AlarmKind.BLINDING_SUSPECT)
+        self._check_decoy_ratios(stats)
         sifted = np.concatenate(key_parts) if key_parts else np.empty(0, np.uint8)
         tag_bits = self.post.verification_tag_bits(max(1, sifted.size), self.protocol.eps_cor)
         # Before disclosing anything: is there any key at all without leakage?
@@ -886,6 +934,14 @@ class LinkEngine:
             {_AB: prepare.need_ab, _BA: prepare.need_ba},
             p.key_size_bits,
             self.session.rule,
+        )
+        # The authentication key this block spent (to be refilled before any key is
+        # delivered): when it is at least ℓ the block yields no key.
+        auth_bits = (prepare.need_ab + prepare.need_ba) * UNIT_BITS
+        self._warning(
+            AlarmKind.NET_KEY_NEGATIVE,
+            ell - auth_bits <= 0,
+            {"block_id": block_id, "secret_bits": ell, "authentication_bits": auth_bits},
         )
         meta = KeyMetadata(
             qber=prepare.qber,
@@ -1105,4 +1161,4 @@ def _recon_from_wire(r: Reconcile) -> ReconMessage:
     return ReconMessage(r.sender, r.step, disclosed, public, r.credit)
 
 
-__all__ = ["BlockAborted", "EngineSettings", "LinkEngine"]
+__all__ = ["BlockAborted", "EngineSettings", "LinkEngine", "TimingLost"]

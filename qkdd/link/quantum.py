@@ -25,6 +25,7 @@ from qkdd.instruments.interfaces import (
     StateEncoder,
     TimeTagger,
 )
+from qkdd.link.calibration import DetectorTiming, detector_timing
 from qkdd.postprocessing.sifting import Detections
 
 
@@ -54,6 +55,10 @@ class FrameReceiver(Protocol):
         ...
 
     def set_delay(self, delay_ps: float) -> None: ...
+
+    def timing(self) -> dict[int, DetectorTiming]:
+        """Per detector, where the last frame's clicks fell relative to the window."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ class InstrumentReceiver:
         self.basis_record = basis_record
         self._stream: AsyncIterator[npt.NDArray[np.void]] | None = None
         self._next_slot = 0  # Bob's slot clock: slots since the source started
+        self._timing: dict[int, DetectorTiming] = {}
 
     def set_delay(self, delay_ps: float) -> None:
         self.delay_ps = delay_ps
@@ -285,7 +291,16 @@ class InstrumentReceiver:
         )
         slot = clock - first_slot
         keep = (slot >= 0) & (slot < n_slots)
+        self._timing = detector_timing(
+            batch["timestamp_ps"].astype(np.int64),
+            batch["channel"].astype(np.int64),
+            period_ps=self.period_ps,
+            delay_ps=self.delay_ps,
+        )
         return Detections(slot=slot[keep], basis=basis[keep], bit=bit[keep])
+
+    def timing(self) -> dict[int, DetectorTiming]:
+        return self._timing
 
     async def monitor(self) -> dict[str, float]:
         if not self.detectors:

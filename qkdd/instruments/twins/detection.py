@@ -103,6 +103,9 @@ class SimulatedTimeTagger(Twin, TimeTagger):
         self._receiver: Receiver | None = None
         self._fibre: FrameSource | None = None
         self._link_tags = 0
+        # A tagger that stops answering (simulation, for fault tests): the light keeps
+        # arriving and is lost, and no batch is delivered until it answers again.
+        self.silent = False
 
     def attach(self, receiver: Receiver, fibre: FrameSource) -> None:
         """Stream the tags of the frames that arrive through ``fibre``."""
@@ -159,7 +162,7 @@ class SimulatedTimeTagger(Twin, TimeTagger):
                     return
                 _detections, batch = self._receiver.receive(frame)
                 self._link_tags += len(batch)
-                if self._running:
+                if self._running and not self.silent:
                     yield self._delayed(batch)
             return
         while self._running:
