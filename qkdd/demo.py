@@ -600,7 +600,11 @@ async def _view(
             await client.publish(bob_cmd, json.dumps(command), qos=1)
             state.note(f"eve command sent to bob: {model}", plain)
 
-        with _keypresses(keys, enabled=options.live), live or contextlib.nullcontext():
+        with (
+            _keypresses(keys, enabled=options.live),
+            _quit_on_signals(keys),
+            live or contextlib.nullcontext(),
+        ):
             while options.duration_s is None or state.elapsed() < options.duration_s:
                 eve_due = options.eve_at_s is not None and state.elapsed() >= options.eve_at_s
                 if eve_due and not eve_sent:
@@ -670,6 +674,20 @@ async def _fold(
                     state.theory_bits = await loop.run_in_executor(
                         None, theory_bits_per_block, state.theory_n_k
                     )
+
+
+@contextlib.contextmanager
+def _quit_on_signals(keys: asyncio.Queue[str]) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM end the demo as ``q`` does: both nodes stop cleanly
+    and the summary is printed."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, keys.put_nowait, "q")
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 @contextlib.contextmanager
