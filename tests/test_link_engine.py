@@ -138,7 +138,7 @@ async def link(
             node.end.close()
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 60) -> None:
+async def _until(cond: Callable[[], bool], within_s: float = 180) -> None:
     """Poll a condition on engine counters (they have no event of their own)."""
     async with asyncio.timeout(within_s):
         while not cond():  # noqa: ASYNC110
