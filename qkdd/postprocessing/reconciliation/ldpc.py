@@ -51,9 +51,11 @@ from qkdd.postprocessing.reconciliation.base import (
 )
 from qkdd.postprocessing.reconciliation.decoder import (
     DEFAULT_MAX_ITERATIONS,
+    FINAL_STALL_ITERATIONS,
     KNOWN_LLR,
     PHI_SCALE,
     PHI_TABLE,
+    STALL_ITERATIONS,
     decode,
     fold_known,
     syndrome,
@@ -536,14 +538,17 @@ class LdpcBob(_LdpcParty):
         llr = self._llrs[f]
         known = np.abs(llr) >= KNOWN_LLR
         ptr, cols, target = code.without_known(known, (llr < 0).astype(np.uint8), self._targets[f])
+        # A last attempt's failure drops the frame: give it more patience.
+        last = self._attempts >= MAX_ATTEMPTS
         word, ok, _ = decode(
             ptr,
             cols,
             llr,
             target,
-            self._max_iterations,
+            2 * self._max_iterations if last else self._max_iterations,
             PHI_TABLE,
             PHI_SCALE,
+            FINAL_STALL_ITERATIONS if last else STALL_ITERATIONS,
         )
         self._words[f] = word
         self._ok[f] = ok
