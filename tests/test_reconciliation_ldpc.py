@@ -337,3 +337,13 @@ def test_threaded_decoding_gives_the_same_outcome() -> None:
     np.testing.assert_array_equal(one.bob.key, two.bob.key)
     assert one.ledger.leaked_bits == two.ledger.leaked_bits
     assert one.ledger.round_trips == two.ledger.round_trips
+
+
+def test_short_keys_start_with_a_margin_and_still_reconcile() -> None:
+    # One short, heavily shortened frame: its need spreads more than a full one's.
+    assert default_efficiency(0.02, 20_000) > default_efficiency(0.02) + 0.05
+    assert default_efficiency(0.02, 1_000_000) == default_efficiency(0.02)
+    alice, bob = _pair(41, 20_000, 0.02)
+    run = run_local(LdpcAlice(alice, 0.02, random_bytes=_seeded(41)), LdpcBob(bob))
+    assert run.alice.failed_frames == 0
+    np.testing.assert_array_equal(run.bob.key, alice)
