@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ from hypothesis import strategies as st
 from qkdd.postprocessing.entropy import binary_entropy
 from qkdd.postprocessing.reconciliation import LocalChannel, Message, Role, run_local
 from qkdd.postprocessing.reconciliation.decoder import (
+    FINAL_STALL_ITERATIONS,
     KNOWN_LLR,
     PHI_OFFSET,
     PHI_SCALE,
@@ -66,6 +71,79 @@ def test_shipped_codes_are_well_formed() -> None:
         assert int(np.bincount(code.check_vars, minlength=code.n).min()) >= 2
 
 
+def _make_codes_tool() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "tools" / "make_ldpc_codes.py"
+    spec = importlib.util.spec_from_file_location("make_ldpc_codes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_codes_have_their_stated_ensemble_and_rate() -> None:
+    published = _make_codes_tool().PUBLISHED
+    root = resources.files("qkdd.postprocessing.reconciliation") / "codes"
+    checked = 0
+    for entry in root.iterdir():
+        if not entry.name.endswith(".npz"):
+            continue
+        with resources.as_file(entry) as path, np.load(path) as z:
+            n, m = int(z["n"]), int(z["m"])
+            cols = z["check_vars"]
+            assert abs((1 - m / n) - float(z["design_rate"])) < 1e-4
+            var_deg = np.bincount(cols, minlength=n)
+            degrees = z["var_degrees"]
+            realised = np.array([var_deg[var_deg == d].sum() for d in degrees]) / cols.size
+            # every edge sits on a node of a stated degree, in the stated proportions
+            assert realised.sum() == pytest.approx(1.0)
+            np.testing.assert_allclose(realised, z["lambda_edge"], atol=1e-3)
+            check_deg = np.diff(z["check_ptr"])
+            assert int(check_deg.max()) - int(check_deg.min()) <= 3  # concentrated ρ
+            if "source" in z.files and str(z["source"]).startswith("Elkouss"):
+                lam = published[float(z["design_rate"])][0]
+                stated = np.array([lam[int(d)] for d in degrees])
+                np.testing.assert_allclose(realised, stated / stated.sum(), atol=1e-3)
+                checked += 1
+    assert checked >= 4  # rates 0.75-0.9 from Elkouss et al. 2009, Table I
+
+
+@pytest.mark.parametrize("qber", [0.01, 0.02, 0.03, 0.05])
+def test_plans_use_a_code_near_its_own_rate(qber: float) -> None:
+    # Heavy shortening of a high-rate code decodes far worse than a code of
+    # about the right rate: the planner keeps the modulation small.
+    codes = shipped_codes()
+    for plan in plan_frames(1_000_000, qber, codes, default_efficiency(qber)):
+        code = codes[plan.code]
+        assert plan.shortened <= 0.15 * code.n
+        assert plan.punctured <= 0.08 * code.n
+
+
+@pytest.mark.parametrize("qber", [0.01, 0.02, 0.03])
+def test_frames_decode_with_a_margin_over_the_default_start(qber: float) -> None:
+    # f₀ is about the median need, so a 0.1 margin decodes a full frame at once.
+    alice, bob = _pair(31, 60_000, qber)
+    f0 = default_efficiency(qber) + 0.1
+    run = run_local(LdpcAlice(alice, qber, efficiency=f0, random_bytes=_seeded(31)), LdpcBob(bob))
+    assert run.ledger.round_trips == 1
+    np.testing.assert_array_equal(run.bob.key, alice)
+
+
+@pytest.mark.parametrize("rate", [0.85, 0.9])
+def test_mother_codes_decode_below_their_design_threshold(rate: float) -> None:
+    # The unmodulated mother code at 85 % of its density-evolution threshold.
+    (code,) = [c for c in shipped_codes() if abs(c.rate - rate) < 0.01]
+    q = 0.85 * code.design_qber
+    rng = np.random.default_rng(7)
+    word = rng.integers(0, 2, code.n, dtype=np.uint8)
+    noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
+    llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
+    out, ok, _ = decode(
+        code.check_ptr, code.check_vars, llr, code.syndrome(word), 60, PHI_TABLE, PHI_SCALE, 12
+    )
+    assert ok
+    np.testing.assert_array_equal(out, word)
+
+
 @pytest.mark.parametrize("index", [0, -1])
 def test_untainted_puncturing_gives_full_rank(index: int) -> None:
     code = shipped_codes()[index]
@@ -97,12 +175,16 @@ def test_decoder_finds_the_word_at_low_noise_and_reports_failure_otherwise() -> 
     q = 0.003
     noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
     llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
-    out, ok, its = decode(code.check_ptr, code.check_vars, llr, target, 60, PHI_TABLE, PHI_SCALE)
+    out, ok, its = decode(
+        code.check_ptr, code.check_vars, llr, target, 60, PHI_TABLE, PHI_SCALE, 12
+    )
     assert ok and its < 60
     np.testing.assert_array_equal(out, word)
     # Far beyond the code's capacity the decoder must say it failed.
     garbage = np.where(rng.random(code.n) < 0.5, 1.0, -1.0).astype(np.float32) * 2
-    _, ok, its = decode(code.check_ptr, code.check_vars, garbage, target, 5, PHI_TABLE, PHI_SCALE)
+    _, ok, its = decode(
+        code.check_ptr, code.check_vars, garbage, target, 5, PHI_TABLE, PHI_SCALE, 12
+    )
     assert not ok and its == 5
     assert KNOWN_LLR > 100
 
@@ -128,8 +210,11 @@ def test_decoder_gives_up_without_progress() -> None:
     q = 0.2  # far beyond the code's capacity
     noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
     llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
-    _, ok, its = decode(code.check_ptr, code.check_vars, llr, target, 500, PHI_TABLE, PHI_SCALE)
+    args = (code.check_ptr, code.check_vars, llr, target, 500, PHI_TABLE, PHI_SCALE)
+    _, ok, its = decode(*args, STALL_ITERATIONS)
     assert not ok and STALL_ITERATIONS <= its < 500
+    _, ok, patient = decode(*args, FINAL_STALL_ITERATIONS)
+    assert not ok and its < FINAL_STALL_ITERATIONS <= patient < 500
 
 
 @given(st.integers(1_000, 3_000_000), st.floats(0.005, 0.1))
@@ -209,7 +294,7 @@ def test_keys_equal_whenever_verification_passes(seed: int, qber: float) -> None
 @pytest.mark.parametrize("qber", [0.02, 0.05])
 def test_frame_error_rate_and_efficiency_at_the_default_start(qber: float) -> None:
     # 30 full frames at the calibrated f0: no frame may end wrong-but-"decoded"
-    # (the codes have no degree-2 cycles, hence no weight-4 codewords), at most
+    # (cycles of degree-2 nodes, i.e. low-weight codewords, are kept long), at most
     # one may be dropped after three attempts, and the mean f stays below 1.3.
     failures = 0
     leaked = ideal = 0.0
@@ -252,3 +337,13 @@ def test_threaded_decoding_gives_the_same_outcome() -> None:
     np.testing.assert_array_equal(one.bob.key, two.bob.key)
     assert one.ledger.leaked_bits == two.ledger.leaked_bits
     assert one.ledger.round_trips == two.ledger.round_trips
+
+
+def test_short_keys_start_with_a_margin_and_still_reconcile() -> None:
+    # One short, heavily shortened frame: its need spreads more than a full one's.
+    assert default_efficiency(0.02, 20_000) > default_efficiency(0.02) + 0.05
+    assert default_efficiency(0.02, 1_000_000) == default_efficiency(0.02)
+    alice, bob = _pair(41, 20_000, 0.02)
+    run = run_local(LdpcAlice(alice, 0.02, random_bytes=_seeded(41)), LdpcBob(bob))
+    assert run.alice.failed_frames == 0
+    np.testing.assert_array_equal(run.bob.key, alice)

@@ -49,7 +49,13 @@ def load_revision(rev: str) -> ModuleType:
 
 
 def use(module: ModuleType) -> None:
-    ldpc.decode = module.decode  # type: ignore[attr-defined]
+    decode = module.decode
+    if "FINAL_STALL_ITERATIONS" not in vars(module):
+        # Revisions before the stall argument: same call without it.
+        def decode(*args: object) -> object:
+            return module.decode(*args[:7])
+
+    ldpc.decode = decode  # type: ignore[attr-defined]
     ldpc.PHI_TABLE = module.PHI_TABLE  # type: ignore[attr-defined]
     ldpc.PHI_SCALE = module.PHI_SCALE  # type: ignore[attr-defined]
 
