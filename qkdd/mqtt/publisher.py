@@ -257,7 +257,6 @@ class MqttPublisher:
                 self._queue = deque(i for i in self._queue if i[0] == "alarm")
                 self._key_batches.clear()
                 await self._publish_status(client)
-                await self._republish(client)
                 self.connected.set()
                 _log.info("connected to broker", host=self.mqtt.host, port=self.mqtt.port)
                 await self._serve(client)
@@ -271,6 +270,9 @@ class MqttPublisher:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._receive(client))
+                # The backlog goes out while commands and acknowledgements are served
+                # (a large outbox once held off every command until it was all sent).
+                tasks.create_task(self._republish(client))
                 tasks.create_task(self._send(client))
                 tasks.create_task(self._periodic(client))
                 tasks.create_task(self._until_stopped(client))
@@ -338,7 +340,12 @@ class MqttPublisher:
         ).to_json()
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
-        await client.publish(f"{self.topic}/status", self._status(online=True), qos=1, retain=True)
+        # Once stopping, a status still queued (e.g. STOPPED) must not overwrite the
+        # retained ``online: false`` that _until_stopped publishes.
+        online = not self._stop.is_set()
+        await client.publish(
+            f"{self.topic}/status", self._status(online=online), qos=1, retain=True
+        )
 
     async def _publish_keys(self, client: aiomqtt.Client, only: set[str] | None = None) -> None:
         entries = [e for e in self.outbox.queued() if only is None or e.key_id in only]
