@@ -13,13 +13,15 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from qkdd.link.alarm_kinds import AlarmEvent, AlarmKind
 from qkdd.logging import configure_logging
 from qkdd.mqtt.consumer import ConsumerStore, KeyConsumer, ReceivedKey
-from qkdd.mqtt.messages import AckMessage, KeyMetadata, SealedKeyMessage
+from qkdd.mqtt.messages import AckMessage, KeyMetadata, SealedKeyMessage, StatusMessage
 from qkdd.mqtt.publisher import MqttPublisher
 from qkdd.mqtt.sealing import SlotKey
 from qkdd.store import KeyState, KeyStore, StateStore
 from qkdd.store.outbox import Outbox, OutboxState
+from tests.daemonmqtt import command, retained
 from tests.mqtt_broker import (
     Collector,
     MosquittoBroker,
@@ -391,4 +393,60 @@ async def test_broker_killed_while_keys_are_outstanding_every_key_arrives_once(
     consumer_store = ConsumerStore(config.consumer.state_dir)
     assert sorted(consumer_store.ids()) == sorted(expected)
     consumer_store.close()
+    store.close()
+
+
+async def test_an_alarm_does_not_wait_behind_a_block_of_keys(
+    tmp_path: Path, mqtt_broker: MosquittoBroker
+) -> None:
+    """Each key waits for its PUBACK and a store write; an alarm raised while a big
+    block is being published goes out after the current batch, not after the block
+    (seen in the acceptance suite: qber_high 50 s late behind 3000 keys)."""
+    store = open_node_store(tmp_path / "a", {s: os.urandom(32) for s in SLOTS})
+    pub = publisher(mqtt_broker, store, "alice")
+    alarm_topic = f"qkd/alice/links/{LINK}/alarm"
+    async with sniffer(mqtt_broker, f"qkd/alice/links/{LINK}/#") as seen, running(pub):
+        metas = commit_test_block(store, LINK, SLOTS, 0, 400, seed=SEED)
+        pub.on_keys_committed(metas[0].block_id, metas)
+        await wait_until(lambda: any("/keys/" in t for t, _ in seen), 60)
+        pub.on_alarm(AlarmEvent(AlarmKind.QBER_HIGH, True, {"block_id": 1}))
+        await wait_until(lambda: sum("/keys/" in t for t, _ in seen) >= 400, 240)
+        await wait_until(lambda: any(t == alarm_topic for t, _ in seen), 60)
+    topics = [t for t, _ in seen]
+    keys_after_alarm = sum("/keys/" in t for t in topics[topics.index(alarm_topic) :])
+    assert keys_after_alarm > 100, f"alarm sent after {400 - keys_after_alarm} of 400 keys"
+    store.close()
+
+
+async def test_commands_are_answered_while_a_backlog_is_republished(
+    tmp_path: Path, mqtt_broker: MosquittoBroker
+) -> None:
+    """A large outbox (keys committed while the broker was away) is republished after
+    connecting, while commands are served (seen in the acceptance suite: ``pause`` went
+    unanswered for minutes after a broker restart)."""
+    store = open_node_store(tmp_path / "a", {s: os.urandom(32) for s in SLOTS})
+    pub = publisher(mqtt_broker, store, "alice")
+    commit_test_block(store, LINK, SLOTS, 0, 400, seed=SEED)
+    async with sniffer(mqtt_broker, f"qkd/alice/links/{LINK}/keys/#") as seen, running(pub):
+        reply = await command(mqtt_broker, "alice", command="status")
+        keys_when_answered = len(seen)
+        assert reply.ok, reply.error
+        await wait_until(lambda: len(seen) >= 400, 240)
+    assert keys_when_answered < 400
+    store.close()
+
+
+async def test_status_stays_offline_after_stop(
+    tmp_path: Path, mqtt_broker: MosquittoBroker
+) -> None:
+    """A status queued just before stopping (STOPPED) must not overwrite the retained
+    ``online: false`` (seen in the acceptance suite after SIGTERM)."""
+    store = open_node_store(tmp_path / "a", {s: os.urandom(32) for s in SLOTS})
+    pub = publisher(mqtt_broker, store, "alice")
+    async with running(pub):
+        pub.on_status("STOPPED", "stopped")
+        await pub.stop()
+    raw = await retained(mqtt_broker, f"qkd/alice/links/{LINK}/status")
+    status = StatusMessage.model_validate_json(raw)
+    assert (status.state, status.online) == ("STOPPED", False)
     store.close()

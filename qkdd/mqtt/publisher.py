@@ -121,7 +121,11 @@ class MqttPublisher:
         self._state = LinkState.STARTING.value
         self._reason = ""
         self._active: dict[AlarmKind, ActiveAlarm] = {}
+        # Telemetry (status, QBER, alarms) in order; keys apart, so that an alarm never
+        # waits behind a block of keys (each key waits for its PUBACK and a store write).
         self._queue: deque[tuple[str, str, bytes, int, bool, Any]] = deque()
+        self._key_batches: deque[set[str]] = deque()
+        self._telemetry_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -251,8 +255,8 @@ class MqttPublisher:
                 # Stale status/QBER items, and key items (every queued key goes out below),
                 # are superseded by what is published now; alarm events keep their order.
                 self._queue = deque(i for i in self._queue if i[0] == "alarm")
+                self._key_batches.clear()
                 await self._publish_status(client)
-                await self._republish(client)
                 self.connected.set()
                 _log.info("connected to broker", host=self.mqtt.host, port=self.mqtt.port)
                 await self._serve(client)
@@ -266,6 +270,9 @@ class MqttPublisher:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._receive(client))
+                # The backlog goes out while commands and acknowledgements are served
+                # (a large outbox once held off every command until it was all sent).
+                tasks.create_task(self._republish(client))
                 tasks.create_task(self._send(client))
                 tasks.create_task(self._periodic(client))
                 tasks.create_task(self._until_stopped(client))
@@ -291,19 +298,28 @@ class MqttPublisher:
     def _push(
         self, kind: str, topic: str, payload: bytes, qos: int, *, retain: bool, extra: Any = None
     ) -> None:
-        self._queue.append((kind, topic, payload, qos, retain, extra))
+        if kind == "keys":
+            self._key_batches.append(set(extra))
+        else:
+            self._queue.append((kind, topic, payload, qos, retain, extra))
         self._wake.set()
 
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._send_telemetry(client)
+            while self._key_batches:
+                await self._publish_keys(client, self._key_batches[0])
+                self._key_batches.popleft()  # only once sent: a lost connection retries it
+
+    async def _send_telemetry(self, client: aiomqtt.Client) -> None:
+        """Send queued status, QBER and alarm messages, in order, ahead of any key."""
+        async with self._telemetry_lock:
             while self._queue:
-                kind, topic, payload, qos, retain, extra = self._queue[0]
+                kind, topic, payload, qos, retain, _extra = self._queue[0]
                 if kind == "status":
                     await self._publish_status(client)
-                elif kind == "keys":
-                    await self._publish_keys(client, set(extra))
                 else:
                     await client.publish(topic, payload, qos=qos, retain=retain)
                 self._queue.popleft()  # only once sent: a lost connection retries it
@@ -324,7 +340,12 @@ class MqttPublisher:
         ).to_json()
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
-        await client.publish(f"{self.topic}/status", self._status(online=True), qos=1, retain=True)
+        # Once stopping, a status still queued (e.g. STOPPED) must not overwrite the
+        # retained ``online: false`` that _until_stopped publishes.
+        online = not self._stop.is_set()
+        await client.publish(
+            f"{self.topic}/status", self._status(online=online), qos=1, retain=True
+        )
 
     async def _publish_keys(self, client: aiomqtt.Client, only: set[str] | None = None) -> None:
         entries = [e for e in self.outbox.queued() if only is None or e.key_id in only]
@@ -335,6 +356,7 @@ class MqttPublisher:
                 *(client.publish(e.topic, e.payload, qos=1, retain=False) for e in batch)
             )
             self.outbox.mark_published([e.key_id for e in batch])
+            await self._send_telemetry(client)  # telemetry raised meanwhile goes first
             if self.mqtt.plaintext_keys_auto_ack:
                 for key_id in self.outbox.deliver_many([e.key_id for e in batch]):
                     _log.warning(
