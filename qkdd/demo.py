@@ -601,7 +601,7 @@ async def _view(
             state.note(f"eve command sent to bob: {model}", plain)
 
         with (
-            _keypresses(keys, enabled=options.live),
+            _keypresses(keys),
             _quit_on_signals(keys),
             live or contextlib.nullcontext(),
         ):
@@ -691,9 +691,10 @@ def _quit_on_signals(keys: asyncio.Queue[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _keypresses(keys: asyncio.Queue[str], *, enabled: bool) -> Iterator[None]:
-    """Single key presses from a terminal on stdin (cbreak mode, restored after)."""
-    if not enabled or not sys.stdin.isatty():
+def _keypresses(keys: asyncio.Queue[str]) -> Iterator[None]:
+    """Single key presses when stdin is a terminal (cbreak mode, restored after); also
+    with ``--plain``, whose output may go to a pipe while the keyboard stays."""
+    if not sys.stdin.isatty():
         yield
         return
     import termios  # noqa: PLC0415

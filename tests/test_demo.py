@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -22,31 +24,39 @@ SUMMARY = re.compile(
 )
 
 
-def _demo(tmp: Path, *args: str, timeout: float, until: str | None = None) -> tuple[int, str]:
-    """Run the demo; with ``until``, Ctrl-C it (SIGINT) once that text is printed."""
+def _demo(
+    tmp: Path, *args: str, timeout: float, steps: Sequence[tuple[str, bytes]] = ()
+) -> tuple[int, str]:
+    """Run the demo with plain output on a pipe and a terminal (pty) as its keyboard;
+    ``steps``: once the output matches each regular expression in turn, type its keys."""
+    keyboard, terminal = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "qkdd", "demo", "--workdir", str(tmp / "demo"), *args],
+        stdin=terminal,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # the demo and its broker die together on a timeout
     )
+    os.close(terminal)
     out: list[str] = []
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: out.extend(proc.stdout or ()))
     reader.start()
     deadline = time.monotonic() + timeout
+    todo = list(steps)
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            if until is not None and until in "".join(out):
-                proc.send_signal(signal.SIGINT)
-                until = None
+            if todo and re.search(todo[0][0], "".join(out)):
+                os.write(keyboard, todo.pop(0)[1])
             time.sleep(0.2)
         proc.wait(max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         reader.join(10)
         raise AssertionError(f"demo did not finish:\n{''.join(out)[-3000:]}") from None
+    finally:
+        os.close(keyboard)
     reader.join(10)
     return proc.returncode, "".join(out)
 
@@ -65,8 +75,10 @@ def _check(code: int, out: str) -> None:
 def test_demo_delivers_keys_at_both_ends_and_shows_the_alarm(tmp_path: Path) -> None:
     if find_mosquitto() is None and os.environ.get("CI", "").lower() != "true":
         pytest.skip("mosquitto is not installed (the amqtt variant is an acceptance test)")
-    # Ctrl-C once the alarm is shown (a loaded machine may take a while to get there).
-    code, out = _demo(tmp_path, "--eve-at", "16", "--plain", timeout=240, until="alarm qber_high")
+    # Keys first, then the eavesdropper (e), then quit (q) once the alarm is shown: in
+    # that order however long each takes on a loaded machine.
+    steps = [(r"keys alice=[1-9]", b"e"), (r"alarm qber_high", b"q")]
+    code, out = _demo(tmp_path, "--plain", timeout=240, steps=steps)
     _check(code, out)
     assert "embedded mosquitto" in out
 
@@ -74,8 +86,10 @@ def test_demo_delivers_keys_at_both_ends_and_shows_the_alarm(tmp_path: Path) -> 
 @pytest.mark.acceptance
 @pytest.mark.timeout(360)
 def test_demo_on_the_in_process_amqtt_broker(tmp_path: Path) -> None:
+    # --eve-at instead of a key press; quit once the alarm is shown.
+    steps = [(r"alarm qber_high", b"q")]
     code, out = _demo(
-        tmp_path, "--embedded", "amqtt", "--eve-at", "20", timeout=300, until="alarm qber_high"
+        tmp_path, "--embedded", "amqtt", "--eve-at", "60", "--plain", timeout=300, steps=steps
     )
     _check(code, out)
     assert "embedded amqtt" in out

@@ -19,7 +19,7 @@ def _laser(address: str = GOOD, **options: object) -> ThorlabsITC4000:
         driver="thorlabs-itc4000",
         address=address,
         visa_library="@sim",
-        timeout_s=0.3,
+        timeout_s=2.0,  # nothing here times out on purpose: room for a loaded machine
         options=options,
     )
     return ThorlabsITC4000("laser", cfg)

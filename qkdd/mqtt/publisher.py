@@ -347,8 +347,14 @@ class MqttPublisher:
             f"{self.topic}/status", self._status(online=online), qos=1, retain=True
         )
 
-    async def _publish_keys(self, client: aiomqtt.Client, only: set[str] | None = None) -> None:
-        entries = [e for e in self.outbox.queued() if only is None or e.key_id in only]
+    async def _publish_keys(
+        self,
+        client: aiomqtt.Client,
+        only: set[str] | None = None,
+        unpublished_for_s: float | None = None,
+    ) -> None:
+        queued = self.outbox.queued(unpublished_for_s=unpublished_for_s)
+        entries = [e for e in queued if only is None or e.key_id in only]
         for start in range(0, len(entries), _PUBLISH_BATCH):
             batch = entries[start : start + _PUBLISH_BATCH]
             # QoS 1, never retained, no expiry; each call returns on the broker's PUBACK.
@@ -387,7 +393,10 @@ class MqttPublisher:
             await asyncio.sleep(self.mqtt.republish_interval_s)
             self._seal_backlog()
             if self.outbox.count_queued():
-                await self._publish_keys(client)
+                # Only what has waited a whole interval unacknowledged: a key sent a
+                # moment ago is not resent (a slow consumer would otherwise keep the
+                # connection busy with repeats of a growing backlog).
+                await self._publish_keys(client, unpublished_for_s=self.mqtt.republish_interval_s)
 
     # -- sealing ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ The payload is opaque here: sealing is ``qkdd.mqtt``'s business.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from qkdd.store.db import StateStore, StoreError, utc_now
@@ -77,8 +78,11 @@ class Outbox:
         sql += " ORDER BY k.block_id, k.idx"
         return [_meta(row) for row in self.store.conn.execute(sql, args)]
 
-    def queued(self, slot: str | None = None) -> list[OutboxEntry]:
-        """Undelivered messages in the order they were queued (block, then index)."""
+    def queued(
+        self, slot: str | None = None, *, unpublished_for_s: float | None = None
+    ) -> list[OutboxEntry]:
+        """Undelivered messages in the order they were queued (block, then index); with
+        ``unpublished_for_s``, only those not published within that many seconds."""
         sql = (
             "SELECT o.key_id, o.slot, o.topic, o.mode, o.payload, o.publishes "
             "FROM outbox o JOIN keys k USING (key_id) WHERE o.state = 'queued'"
@@ -87,6 +91,11 @@ class Outbox:
         if slot is not None:
             sql += " AND o.slot = ?"
             args.append(slot)
+        if unpublished_for_s is not None:
+            # ISO 8601 UTC strings of one format compare as the times they name.
+            cutoff = datetime.now(UTC) - timedelta(seconds=unpublished_for_s)
+            sql += " AND (o.last_published IS NULL OR o.last_published < ?)"
+            args.append(cutoff.isoformat(timespec="milliseconds"))
         sql += " ORDER BY k.block_id, k.idx"
         return [
             OutboxEntry(str(r[0]), str(r[1]), str(r[2]), str(r[3]), bytes(r[4]), int(r[5]))
