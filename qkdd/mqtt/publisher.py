@@ -182,15 +182,7 @@ class MqttPublisher:
             )
         else:
             self._active.pop(event.kind, None)
-        message = AlarmMessage(
-            node=self.node,
-            link=self.link,
-            kind=event.kind,
-            level=event.level,
-            values=dict(event.values),
-            active=event.active,
-            active_alarms=list(self._active.values()),
-        )
+        message = self._alarm_message(event.kind, dict(event.values), active=event.active)
         topic = f"{self.topic}/alarm"
         if self._active:
             self._push("alarm", topic, message.to_json(), 1, retain=True)
@@ -372,19 +364,25 @@ class MqttPublisher:
                     )
                 self._check_store_full()
 
+    def _alarm_message(
+        self, kind: AlarmKind, values: dict[str, float | int], *, active: bool
+    ) -> AlarmMessage:
+        """One alarm event, with every alarm of the link still active."""
+        return AlarmMessage(
+            node=self.node,
+            link=self.link,
+            kind=kind,
+            level=kind.level,
+            values=values,
+            active=active,
+            active_alarms=list(self._active.values()),
+        )
+
     async def _republish(self, client: aiomqtt.Client) -> None:
         # Active alarms first (retained), then every unacknowledged key.
         if self._active:
             last = next(reversed(self._active.values()))
-            message = AlarmMessage(
-                node=self.node,
-                link=self.link,
-                kind=last.kind,
-                level=last.level,
-                values=last.values,
-                active=True,
-                active_alarms=list(self._active.values()),
-            )
+            message = self._alarm_message(last.kind, last.values, active=True)
             await client.publish(f"{self.topic}/alarm", message.to_json(), qos=1, retain=True)
         await self._publish_keys(client)
 
