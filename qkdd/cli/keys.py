@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
 
 
 def list_keys(args: argparse.Namespace) -> int:
+    from qkdd.cli.common import print_config_error
     from qkdd.config import ConfigError, load_config
     from qkdd.store import KeyState, KeyStore, StateStore, StoreError
     from qkdd.store.db import DB_NAME
@@ -45,7 +46,7 @@ def list_keys(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"qkdd: configuration error: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return EXIT_USAGE
     if not (config.node.state_dir / DB_NAME).exists():
         print(f"keys list: no state store in {config.node.state_dir}", file=sys.stderr)

@@ -66,13 +66,14 @@ def run_daemon(args: argparse.Namespace) -> int:
 def control_eve(args: argparse.Namespace) -> int:
     import socket
 
+    from qkdd.cli.common import print_config_error
     from qkdd.config import ConfigError, load_config
     from qkdd.daemon import CONTROL_SOCKET
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"qkdd: configuration error: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return EXIT_USAGE
     if not config.node.allow_simulated or config.simulation is None:
         print("qkdd eve: this node is not a simulated link", file=sys.stderr)

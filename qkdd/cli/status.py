@@ -63,13 +63,14 @@ def _percent(value: float | None) -> str:
 def show_status(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from qkdd.cli.common import print_config_error
     from qkdd.config import ConfigError, load_config
     from qkdd.health import health_path, is_alive, read_snapshot
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"qkdd: configuration error: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return EXIT_USAGE
     node = config.node
     path = health_path(node.state_dir)
