@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -312,6 +314,11 @@ def delivery_slots(config: NodeConfig) -> tuple[str, ...]:
 
 
 _STORE_FULL = "store_full"
+#: A stop that takes longer than this ends the process anyway, after writing every
+#: thread's stack to stderr (the journal): each shutdown step is bounded, so an
+#: overdue stop is a bug to report, and systemd's TimeoutStopSec (60 s) would
+#: otherwise SIGKILL the node without saying where it hung.
+STOP_DEADLINE_S = 45.0
 _COMMAND = "command"
 
 
@@ -420,6 +427,7 @@ class Daemon:
     health: HealthRecorder | None = None
     signals: bool = True  # False when several nodes share a process (qkdd demo)
     _stopping: bool = False
+    _stop_guard: threading.Timer | None = None
 
     async def run(self) -> int:
         cfg = self.config
@@ -681,6 +689,10 @@ class Daemon:
     def stop(self, why: str = "stop") -> None:
         _log.info("stopping", signal=why)
         self.notifier.notify(stopping=1, status="stopping")
+        if self.signals and self._stop_guard is None:  # the process is ours to end
+            self._stop_guard = threading.Timer(STOP_DEADLINE_S, _stop_overdue)
+            self._stop_guard.daemon = True
+            self._stop_guard.start()
         if self.engine is not None:
             self.engine.request_stop()
 
@@ -728,6 +740,19 @@ def run_node(config: NodeConfig, config_path: Path, **daemon_args: Any) -> int:
     except DaemonError as exc:
         _log.error("node cannot run", error=str(exc))
         raise
+    finally:
+        if daemon._stop_guard is not None:
+            daemon._stop_guard.cancel()
+
+
+def _stop_overdue() -> None:
+    _log.error(
+        "shutdown overdue: exiting without waiting further; thread stacks follow on stderr",
+        deadline_s=STOP_DEADLINE_S,
+    )
+    with contextlib.suppress(Exception):
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+    exit_now(1)
 
 
 def exit_now(code: int) -> None:

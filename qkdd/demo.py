@@ -43,7 +43,7 @@ from qkdd.auth.bootstrap import DEFAULT_UNITS_PER_DIRECTION, generate_secret, wr
 from qkdd.config import NodeConfig, parse_config
 from qkdd.daemon import Daemon
 from qkdd.logging import configure_logging
-from qkdd.mqtt.client import link_topic, make_client
+from qkdd.mqtt.client import broker_session, link_topic
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.consumer import ConsumerConfig, KeyConsumer, ReceivedKey
 from qkdd.mqtt.messages import AlarmMessage, CommandReply, QberMessage
@@ -587,7 +587,7 @@ async def _view(
         else None
     )
     keys: asyncio.Queue[str] = asyncio.Queue()
-    async with make_client(mqtt, f"qkdd-demo-view-{os.getpid()}") as client:
+    async with broker_session(mqtt, f"qkdd-demo-view-{os.getpid()}") as client:
         for kind in ("status", "qber", "alarm"):
             await client.subscribe(f"{mqtt.base_topic}/+/links/{LINK}/{kind}", qos=1)
         await client.subscribe(f"{bob_cmd}/reply", qos=1)

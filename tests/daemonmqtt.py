@@ -150,7 +150,7 @@ def stop(*procs: Proc, within_s: float = 30) -> None:
         if p.popen.poll() is None:
             p.signal(signal.SIGTERM)
     for p in procs:
-        assert p.wait(within_s) == 0, p.log.read_text()[-2000:]
+        assert p.wait(within_s) == 0, p.log.read_text()[-12000:]
 
 
 def listed(config: Path, states: tuple[str, ...] = ("committed", "delivered")) -> set[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tests.daemonpair import (
     start,
     wait_for,
 )
+from tests.exampleconfigs import example_configs
 
 
 def _datagrams(sock: socket.socket, until: str, within_s: float) -> list[str]:
@@ -119,3 +122,32 @@ def test_sigterm_mid_block_exits_zero_and_leaves_no_open_block(tmp_path: Path) -
                 assert keys.blocks_in(BlockState.PENDING) == []
         finally:
             store.close()
+
+
+def test_an_overdue_stop_exits_with_every_thread_stack(tmp_path: Path) -> None:
+    """A stop that hangs (here: a process that ignores it) ends anyway at the deadline,
+    exit 1, with an error line and every thread's stack for the bug report."""
+    configs = example_configs(tmp_path, 0)
+    child = f"""
+import time
+from pathlib import Path
+import qkdd.daemon as d
+from qkdd.config import load_config
+d.STOP_DEADLINE_S = 0.5
+path = Path({str(configs["alice"])!r})
+daemon = d.Daemon(load_config(path), path)
+daemon.stop("SIGTERM")
+def stuck_shutdown_step():
+    time.sleep(30)
+stuck_shutdown_step()
+"""
+    began = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", child], check=False, capture_output=True, text=True, timeout=60
+    )
+    took = time.monotonic() - began
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert took < 20, took
+    assert "shutdown overdue" in out.stdout + out.stderr
+    # faulthandler's dump names where the main thread is stuck
+    assert "Thread 0x" in out.stderr and "in stuck_shutdown_step" in out.stderr

@@ -16,7 +16,7 @@ import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from qkdd.mqtt.client import make_client
+from qkdd.mqtt.client import broker_session, make_client
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.consumer import KeyConsumer
 from qkdd.mqtt.messages import CommandMessage, CommandReply, StatusMessage
@@ -102,7 +102,7 @@ async def _collect(
 async def _try_publish(config: MqttConfig, topic: str, payload: bytes, retain: bool) -> None:
     """Publish as an identity that may not: the broker drops it (and may disconnect)."""
     try:
-        async with make_client(config, f"writer-{config.username or 'cert'}") as client:
+        async with broker_session(config, f"writer-{config.username or 'cert'}") as client:
             await client.publish(topic, payload, qos=0, retain=retain)
             await asyncio.sleep(0.05)
     except aiomqtt.MqttError:
@@ -139,8 +139,8 @@ async def check_acl(tmp_path: Path, ids: Identities) -> None:
         pub.on_status("TRANSMIT")
         # The app slot's consumer tries to read the kms slot's keys (and everything).
         async with (
-            make_client(ids.config("app-alice-link1"), "app-intruder") as app_intruder,
-            make_client(ids.config("monitor"), "monitor") as monitor,
+            broker_session(ids.config("app-alice-link1"), "app-intruder") as app_intruder,
+            broker_session(ids.config("monitor"), "monitor") as monitor,
         ):
             await app_intruder.subscribe(f"{TOPIC}/keys/kms", qos=1)
             await app_intruder.subscribe("#", qos=1)
@@ -180,7 +180,7 @@ async def check_acl(tmp_path: Path, ids: Identities) -> None:
         assert sorted(kms.keys) == sorted(m.key_id for m in metas if m.consumer_slot == "kms")
 
         # The operator's MQTT 5 command, replied on its own response topic.
-        async with make_client(ids.config("operator"), "operator") as operator:
+        async with broker_session(ids.config("operator"), "operator") as operator:
             await operator.subscribe("qkd/replies/operator/1", qos=1)
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
@@ -222,7 +222,7 @@ async def test_production_example_tls_client_certificates_passwords_and_acl(
         ):
             pass
     with pytest.raises(aiomqtt.MqttError):
-        async with make_client(
+        async with broker_session(
             ids.config("monitor").model_copy(update={"password": SecretStr("wrong")}), "x"
         ):
             pass
@@ -256,7 +256,7 @@ async def test_tls_identity_from_client_certificate_with_hostname_check(
         }
     )
     with pytest.raises(aiomqtt.MqttError, match=r"match|mismatch|hostname|IP address"):
-        async with make_client(wrong_name, "x"):
+        async with broker_session(wrong_name, "x"):
             pass
 
 

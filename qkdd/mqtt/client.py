@@ -7,7 +7,7 @@ import contextlib
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -64,6 +64,54 @@ def make_client(
         # ACKs would stall every round trip by ~40 ms.
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
+
+
+#: How long a graceful disconnect may wait for the broker's side. aiomqtt waits its
+#: whole operation timeout (15 s) for a broker that stopped reading, which a stopping
+#: daemon would add to every other bounded step of its shutdown.
+DISCONNECT_TIMEOUT_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def broker_session(
+    mqtt: MqttConfig,
+    identifier: str,
+    *,
+    will: aiomqtt.Will | None = None,
+    persistent_session: bool = False,
+    disconnect_timeout_s: float = DISCONNECT_TIMEOUT_S,
+) -> AsyncIterator[aiomqtt.Client]:
+    """One connection to the broker (:func:`make_client`), whose disconnect on leaving
+    is bounded: after ``disconnect_timeout_s`` the connection is abandoned (logged) and
+    the caller goes on."""
+    client = make_client(mqtt, identifier, will=will, persistent_session=persistent_session)
+    await client.__aenter__()
+    try:
+        yield client
+    except BaseException as exc:
+        await _leave(client, identifier, disconnect_timeout_s, exc)
+        raise
+    await _leave(client, identifier, disconnect_timeout_s, None)
+
+
+async def _leave(
+    client: aiomqtt.Client, identifier: str, timeout_s: float, exc: BaseException | None
+) -> None:
+    try:
+        await asyncio.wait_for(
+            client.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None),
+            timeout_s,
+        )
+    except TimeoutError:
+        _log.warning(
+            "broker did not confirm the disconnect; connection abandoned",
+            client=identifier,
+            waited_s=timeout_s,
+        )
+    except aiomqtt.MqttError as error:
+        if exc is None:
+            raise
+        _log.debug("disconnect failed after an error", client=identifier, error=str(error))
 
 
 async def keep_connected(

@@ -34,7 +34,7 @@ import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from qkdd.logging import get_logger
-from qkdd.mqtt.client import keep_connected, link_topic, make_client
+from qkdd.mqtt.client import broker_session, keep_connected, link_topic
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.messages import AckMessage, PlaintextKeyMessage, SealedKeyMessage, now_utc
 from qkdd.mqtt.sealing import SealingError, SlotKey
@@ -364,7 +364,7 @@ class KeyConsumer:
         )
         # A persistent session: keys published while this consumer is away wait at
         # the broker (the daemon republishes them anyway).
-        async with make_client(self.config.mqtt, identifier, persistent_session=True) as client:
+        async with broker_session(self.config.mqtt, identifier, persistent_session=True) as client:
             await client.subscribe(self.topic, qos=1)
             self.connected.set()
             stop = asyncio.create_task(self._stop.wait())

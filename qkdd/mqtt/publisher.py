@@ -39,7 +39,7 @@ from qkdd import __version__
 from qkdd.link.alarms import AlarmEvent, AlarmKind
 from qkdd.link.states import LinkState
 from qkdd.logging import get_logger
-from qkdd.mqtt.client import keep_connected, link_topic, make_client
+from qkdd.mqtt.client import broker_session, keep_connected, link_topic
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.messages import (
     SCHEMA_VERSION,
@@ -239,7 +239,7 @@ class MqttPublisher:
     async def _connect_and_serve(self) -> None:
         identifier = self.mqtt.client_id or f"qkdd-{self.node}-{self.link}"
         try:
-            async with make_client(self.mqtt, identifier, will=self._will()) as client:
+            async with broker_session(self.mqtt, identifier, will=self._will()) as client:
                 self._client = client
                 self.connections += 1
                 await client.subscribe(f"{self.topic}/keys/+/ack", qos=1)

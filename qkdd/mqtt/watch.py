@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from qkdd.mqtt.client import make_client
+from qkdd.mqtt.client import broker_session
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.messages import AlarmMessage, QberMessage, StatusMessage
 
@@ -134,7 +134,7 @@ async def watch(
     """Show the board until interrupted (or for ``duration_s``); returns the final board."""
     board = LinkBoard()
     console = console or Console()
-    async with make_client(mqtt, f"qkdd-watch-{id(board):x}") as client:
+    async with broker_session(mqtt, f"qkdd-watch-{id(board):x}") as client:
         for kind in ("status", "qber", "alarm"):
             await client.subscribe(f"{base_topic}/+/links/+/{kind}", qos=1 if kind != "qber" else 0)
         view = Live(render(board), console=console, refresh_per_second=4) if live else None
