@@ -690,7 +690,11 @@ class Daemon:
         _log.info("stopping", signal=why)
         self.notifier.notify(stopping=1, status="stopping")
         if self.signals and self._stop_guard is None:  # the process is ours to end
-            self._stop_guard = threading.Timer(STOP_DEADLINE_S, _stop_overdue)
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            self._stop_guard = threading.Timer(STOP_DEADLINE_S, _stop_overdue, (loop,))
             self._stop_guard.daemon = True
             self._stop_guard.start()
         if self.engine is not None:
@@ -745,14 +749,45 @@ def run_node(config: NodeConfig, config_path: Path, **daemon_args: Any) -> int:
             daemon._stop_guard.cancel()
 
 
-def _stop_overdue() -> None:
+def _stop_overdue(loop: asyncio.AbstractEventLoop | None) -> None:
     _log.error(
-        "shutdown overdue: exiting without waiting further; thread stacks follow on stderr",
+        "shutdown overdue: exiting without waiting further; thread and task stacks follow "
+        "on stderr",
         deadline_s=STOP_DEADLINE_S,
     )
     with contextlib.suppress(Exception):
         faulthandler.dump_traceback(sys.stderr, all_threads=True)
+    # A loop idle in select() is waiting for some task: where each one waits.
+    with contextlib.suppress(Exception):
+        for task in asyncio.all_tasks(loop) if loop is not None else ():
+            print(f"\nTask {task.get_name()} awaits:", file=sys.stderr)
+            for line in _await_chain(task.get_coro()):
+                print(f"  {line}", file=sys.stderr)
     exit_now(1)
+
+
+def _await_chain(awaitable: object) -> list[str]:
+    """Where a suspended coroutine waits: each coroutine (or generator) frame down its
+    ``await`` chain, then what the innermost one awaits (task.print_stack shows only the
+    outermost frame)."""
+    lines: list[str] = []
+    while awaitable is not None and len(lines) < 100:
+        frame = next(
+            (getattr(awaitable, a) for a in ("cr_frame", "gi_frame", "ag_frame")
+             if getattr(awaitable, a, None) is not None),
+            None,
+        )  # fmt: skip
+        if frame is None:
+            lines.append(f"-> {awaitable!r}"[:300])
+            break
+        code = frame.f_code
+        lines.append(f'File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        awaitable = next(
+            (getattr(awaitable, a) for a in ("cr_await", "gi_yieldfrom", "ag_await")
+             if getattr(awaitable, a, None) is not None),
+            None,
+        )  # fmt: skip
+    return lines
 
 
 def exit_now(code: int) -> None:

@@ -124,22 +124,24 @@ def test_sigterm_mid_block_exits_zero_and_leaves_no_open_block(tmp_path: Path) -
             store.close()
 
 
-def test_an_overdue_stop_exits_with_every_thread_stack(tmp_path: Path) -> None:
-    """A stop that hangs (here: a process that ignores it) ends anyway at the deadline,
-    exit 1, with an error line and every thread's stack for the bug report."""
+def test_an_overdue_stop_exits_with_every_thread_and_task_stack(tmp_path: Path) -> None:
+    """A stop that hangs (here: a task awaiting what never comes, the loop idle) ends
+    anyway at the deadline, exit 1, with an error line, every thread's stack and every
+    asyncio task's await stack for the bug report."""
     configs = example_configs(tmp_path, 0)
     child = f"""
-import time
+import asyncio
 from pathlib import Path
 import qkdd.daemon as d
 from qkdd.config import load_config
 d.STOP_DEADLINE_S = 0.5
 path = Path({str(configs["alice"])!r})
-daemon = d.Daemon(load_config(path), path)
-daemon.stop("SIGTERM")
-def stuck_shutdown_step():
-    time.sleep(30)
-stuck_shutdown_step()
+async def stuck_shutdown_step():
+    await asyncio.Event().wait()
+async def main():
+    d.Daemon(load_config(path), path).stop("SIGTERM")
+    await stuck_shutdown_step()
+asyncio.run(main())
 """
     began = time.monotonic()
     out = subprocess.run(
@@ -149,5 +151,6 @@ stuck_shutdown_step()
     assert out.returncode == 1, out.stdout + out.stderr
     assert took < 20, took
     assert "shutdown overdue" in out.stdout + out.stderr
-    # faulthandler's dump names where the main thread is stuck
-    assert "Thread 0x" in out.stderr and "in stuck_shutdown_step" in out.stderr
+    # faulthandler's dump (the main thread idle in select), then where the task waits
+    assert "Thread 0x" in out.stderr and "select" in out.stderr
+    assert "Task " in out.stderr and "in stuck_shutdown_step" in out.stderr
