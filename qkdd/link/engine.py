@@ -31,6 +31,7 @@ import numpy as np
 
 from qkdd.auth import AuthSession, HandshakeOffer, ResyncExhaustedError
 from qkdd.auth.economics import UNIT_BITS
+from qkdd.cancellation import cancel_and_wait
 from qkdd.frames import BASIS_K, BASIS_T, FramePattern, class_counts
 from qkdd.link.alarms import AlarmEvent, AlarmKind, QberAlarmTest, decoy_ratio_check
 from qkdd.link.calibration import TimingTracker, calibration_pattern, find_delay
@@ -378,13 +379,10 @@ class LinkEngine:
                     # Let the block run to its end (commit or abort), bounded.
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(work), 30)
-                work.cancel()
-                try:
-                    await work
-                except asyncio.CancelledError:
-                    pass
-                except Exception as exc:  # the stop is what matters now
-                    _log.info("link loop ended while stopping", error=str(exc))
+                await cancel_and_wait([work])
+                failed = None if work.cancelled() else work.exception()
+                if failed is not None:  # the stop is what matters now
+                    _log.info("link loop ended while stopping", error=str(failed))
         finally:
             stopper.cancel()
             await self._abandon_current("node stopping")
@@ -410,11 +408,7 @@ class LinkEngine:
         recovery = asyncio.ensure_future(self._recover(exc, delay))
         stopper = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({recovery, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (recovery, stopper):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait([recovery, stopper])
         if self._stop.is_set():
             return
         if self.machine.can(S.CONNECTING):

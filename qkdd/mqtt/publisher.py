@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from qkdd import __version__
+from qkdd.cancellation import cancel_and_wait
 from qkdd.link.alarms import AlarmEvent, AlarmKind
 from qkdd.link.states import LinkState
 from qkdd.logging import get_logger
@@ -259,23 +260,29 @@ class MqttPublisher:
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Run the session's tasks until the connection drops (raises MqttError) or
         :meth:`stop` (returns)."""
+        tasks = [
+            asyncio.create_task(self._receive(client)),
+            # The backlog goes out while commands and acknowledgements are served
+            # (a large outbox once held off every command until it was all sent).
+            asyncio.create_task(self._republish(client)),
+            asyncio.create_task(self._send(client)),
+            asyncio.create_task(self._periodic(client)),
+            asyncio.create_task(self._until_stopped(client)),
+        ]
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._receive(client))
-                # The backlog goes out while commands and acknowledgements are served
-                # (a large outbox once held off every command until it was all sent).
-                tasks.create_task(self._republish(client))
-                tasks.create_task(self._send(client))
-                tasks.create_task(self._periodic(client))
-                tasks.create_task(self._until_stopped(client))
-        except BaseExceptionGroup as group:
-            _stopped, rest = group.split(_Stopped)
-            if rest is None:
-                return
-            mqtt_errors, other = rest.split(aiomqtt.MqttError)
-            if other is not None or mqtt_errors is None:
-                raise
-            raise mqtt_errors.exceptions[0] from None
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            # Not a TaskGroup: one of these can swallow its cancellation (see
+            # qkdd.cancellation) and would hold the group, and the daemon, forever.
+            await cancel_and_wait(tasks)
+        failures = [exc for t in tasks if not t.cancelled() and (exc := t.exception()) is not None]
+        if any(isinstance(exc, _Stopped) for exc in failures):
+            return
+        for exc in failures:
+            if not isinstance(exc, aiomqtt.MqttError):
+                raise exc
+        if failures:
+            raise failures[0]
 
     async def _until_stopped(self, client: aiomqtt.Client) -> None:
         await self._stop.wait()
