@@ -132,7 +132,28 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)
+    # Libraries' stdlib logging (aiomqtt, pyvisa, …) renders as the same lines, so a
+    # JSON log stays parseable line by line (`journalctl -o cat | jq .`).
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    handler.addFilter(_drop_pending_calls_hint)
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
+
+
+def _drop_pending_calls_hint(record: logging.LogRecord) -> bool:
+    """aiomqtt warns whenever more than ten publishes await their acknowledgement; the
+    publisher keeps that many in flight on purpose (key batches beside telemetry), so
+    the hint would repeat for every batch and say nothing."""
+    return not (record.name == "mqtt" and record.getMessage().endswith("pending publish calls."))
 
 
 def get_logger(name: str, **bound: Any) -> structlog.typing.FilteringBoundLogger:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import numpy as np
 import structlog
@@ -57,3 +58,23 @@ def test_field_classification() -> None:
     assert not is_secret_field("key_id")
     assert not is_secret_field("sifted_bits")
     assert not is_secret_field("qber")
+
+
+def test_library_log_lines_are_json_and_without_the_pending_calls_hint() -> None:
+    """aiomqtt, pyvisa and friends log through stdlib logging: their lines must parse
+    like ours (an operator pipes the journal through jq)."""
+    out = io.StringIO()
+    configure_logging("info", json=True, stream=out)
+    try:
+        logging.getLogger("mqtt").warning("There are 11 pending publish calls.")
+        logging.getLogger("mqtt").warning("broker said %s", "no")
+        logging.getLogger("pyvisa").error("read failed", exc_info=TimeoutError("VI_ERROR_TMO"))
+    finally:
+        structlog.reset_defaults()
+        logging.basicConfig(force=True)
+    lines = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert [(r["logger"], r["event"], r["level"]) for r in lines] == [
+        ("mqtt", "broker said no", "warning"),
+        ("pyvisa", "read failed", "error"),
+    ]
+    assert "VI_ERROR_TMO" in str(lines[1]["exception"])
