@@ -35,6 +35,7 @@ import aiomqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qkdd.logging import configure_logging
+from qkdd.mqtt.client import IN_FLIGHT
 from qkdd.mqtt.consumer import KeyConsumer, ReceivedKey
 from qkdd.mqtt.publisher import MqttPublisher
 from tests.mqtt_broker import (
@@ -48,7 +49,6 @@ from tests.mqtt_broker import (
 )
 
 LINK, SLOT = "link1", "kms"
-BASELINE_WINDOW = 8  # in flight at once, as the publisher's batches
 # Children are spawned, not forked: the parent runs an event loop when it starts them.
 _MP = mp.get_context("spawn")
 # As qkdd's own clients (qkdd.mqtt.client.make_client): no Nagle delay per round trip.
@@ -96,9 +96,19 @@ def _echo_child(host: str, port: int, ready: multiprocessing.synchronize.Event) 
         ) as client:
             await client.subscribe("bench/keys", qos=1)
             ready.set()
-            async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                await client.publish("bench/ack", payload[:48], qos=1)
+            messages = aiter(client.messages)
+            while True:
+                # As the consumer: take what has arrived, acknowledge IN_FLIGHT at a time.
+                batch = [await anext(messages)]
+                while len(client.messages) and len(batch) < 256:
+                    batch.append(await anext(messages))
+                for start in range(0, len(batch), IN_FLIGHT):
+                    await asyncio.gather(
+                        *(
+                            client.publish("bench/ack", bytes(m.payload)[:48], qos=1)
+                            for m in batch[start : start + IN_FLIGHT]
+                        )
+                    )
 
     asyncio.run(main())
 
@@ -166,8 +176,8 @@ async def _baseline(broker: MosquittoBroker, messages: int, size: int) -> float:
             counter = asyncio.create_task(count())
             payload = os.urandom(size)
             began = time.perf_counter()
-            for start in range(0, messages, BASELINE_WINDOW):
-                n = min(BASELINE_WINDOW, messages - start)
+            for start in range(0, messages, IN_FLIGHT):
+                n = min(IN_FLIGHT, messages - start)
                 await asyncio.gather(
                     *(client.publish("bench/keys", payload, qos=1) for _ in range(n))
                 )

@@ -19,6 +19,13 @@ from qkdd.mqtt.config import MqttConfig
 _log = get_logger("mqtt")
 
 
+#: QoS 1 messages a publisher or consumer keeps awaiting their PUBACK at once (key
+#: batches, acknowledgements). 32 was no faster than 8 through Mosquitto on two cores
+#: (benchmarks/bench_delivery.py: 104–114 against 114–140 keys/s, and the bare
+#: round-trip baseline slower still), so 8.
+IN_FLIGHT = 8
+
+
 def link_topic(mqtt: MqttConfig, node: str, link: str) -> str:
     return f"{mqtt.base_topic}/{node}/links/{link}"
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -40,7 +41,7 @@ from qkdd.cancellation import cancel_and_wait
 from qkdd.link.alarms import AlarmEvent, AlarmKind
 from qkdd.link.states import LinkState
 from qkdd.logging import get_logger
-from qkdd.mqtt.client import broker_session, keep_connected, link_topic
+from qkdd.mqtt.client import IN_FLIGHT, broker_session, keep_connected, link_topic
 from qkdd.mqtt.config import MqttConfig
 from qkdd.mqtt.messages import (
     SCHEMA_VERSION,
@@ -65,8 +66,9 @@ _log = get_logger("mqtt")
 
 BASIC_COMMANDS: Final = frozenset({"pause", "resume", "recalibrate", "status"})
 SIMULATION_COMMANDS: Final = frozenset({"eve"})
-_PUBLISH_BATCH: Final = 8  # aiomqtt warns above 10 concurrent publishes
 _ACK_BATCH: Final = 256
+#: "keys delivered" is logged at most this often (with the count since the last line).
+DELIVERY_LOG_S: Final = 10.0
 
 
 def consumer_secret_name(slot: str) -> str:
@@ -137,6 +139,8 @@ class MqttPublisher:
         )
         # Counters for tests and the status command (no key material).
         self.acks_accepted = 0
+        self._delivered_unlogged = 0
+        self._delivered_logged_at = -DELIVERY_LOG_S  # the first delivery logs at once
         self.acks_rejected = 0
         self.connections = 0
         self._check_store_full()
@@ -354,8 +358,8 @@ class MqttPublisher:
     ) -> None:
         queued = self.outbox.queued(unpublished_for_s=unpublished_for_s)
         entries = [e for e in queued if only is None or e.key_id in only]
-        for start in range(0, len(entries), _PUBLISH_BATCH):
-            batch = entries[start : start + _PUBLISH_BATCH]
+        for start in range(0, len(entries), IN_FLIGHT):
+            batch = entries[start : start + IN_FLIGHT]
             # QoS 1, never retained, no expiry; each call returns on the broker's PUBACK.
             await asyncio.gather(
                 *(client.publish(e.topic, e.payload, qos=1, retain=False) for e in batch)
@@ -520,8 +524,12 @@ class MqttPublisher:
         self.acks_accepted += len(delivered)
         for key_id in delivered:
             _log.debug("key delivered", key_id=key_id)
-        if delivered:
-            _log.info("keys delivered", count=len(delivered))
+        self._delivered_unlogged += len(delivered)
+        now = time.monotonic()
+        if self._delivered_unlogged and now - self._delivered_logged_at >= DELIVERY_LOG_S:
+            # One line per interval, not per acknowledgement batch (dozens a second).
+            _log.info("keys delivered", count=self._delivered_unlogged, total=self.acks_accepted)
+            self._delivered_unlogged, self._delivered_logged_at = 0, now
         self._check_store_full()
 
     def _check_ack(self, slot: str, payload: bytes) -> str | None:
