@@ -450,3 +450,31 @@ async def test_status_stays_offline_after_stop(
     status = StatusMessage.model_validate_json(raw)
     assert (status.state, status.online) == ("STOPPED", False)
     store.close()
+
+
+async def test_key_copies_expire_after_two_republish_intervals(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, secrets_: dict[str, bytes]
+) -> None:
+    """MQTT 5: each copy carries a message expiry of two republish intervals, so an
+    absent consumer's session does not collect one copy per interval."""
+    store = open_node_store(tmp_path / "alice", secrets_)
+    metas = commit_test_block(store, LINK, SLOTS, 0, 2)
+    expiries: list[int] = []
+    async with aiomqtt.Client(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        identifier="expiry-probe",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as probe:
+        await probe.subscribe(f"qkd/alice/links/{LINK}/keys/kms", qos=1)
+        pub = publisher(mqtt_broker, store, "alice", republish_interval_s=45)
+        async with running(pub):
+            pub.on_keys_committed(metas[0].block_id, metas)
+            async with asyncio.timeout(15):
+                async for message in probe.messages:
+                    props = message.properties
+                    expiries.append(int(getattr(props, "MessageExpiryInterval", -1)))
+                    break
+    store.close()
+    # The broker forwards the remaining lifetime: at most 90 s, and nearly all of it.
+    assert 80 <= expiries[0] <= 90

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -139,6 +140,7 @@ class MqttPublisher:
         )
         # Counters for tests and the status command (no key material).
         self.acks_accepted = 0
+        self._key_expiry = self._expiry_properties()
         self._delivered_unlogged = 0
         self._delivered_logged_at = -DELIVERY_LOG_S  # the first delivery logs at once
         self.acks_rejected = 0
@@ -360,9 +362,14 @@ class MqttPublisher:
         entries = [e for e in queued if only is None or e.key_id in only]
         for start in range(0, len(entries), IN_FLIGHT):
             batch = entries[start : start + IN_FLIGHT]
-            # QoS 1, never retained, no expiry; each call returns on the broker's PUBACK.
+            # QoS 1, never retained; each call returns on the broker's PUBACK.
             await asyncio.gather(
-                *(client.publish(e.topic, e.payload, qos=1, retain=False) for e in batch)
+                *(
+                    client.publish(
+                        e.topic, e.payload, qos=1, retain=False, properties=self._key_expiry
+                    )
+                    for e in batch
+                )
             )
             self.outbox.mark_published([e.key_id for e in batch])
             await self._send_telemetry(client)  # telemetry raised meanwhile goes first
@@ -374,6 +381,17 @@ class MqttPublisher:
                         key_id=key_id,
                     )
                 self._check_store_full()
+
+    def _expiry_properties(self) -> Properties | None:
+        """MQTT 5: a key message expires at the broker after two republish intervals.
+        The daemon resends every unacknowledged key each interval, so a consumer away
+        for hours finds about one copy of each key queued in its session, not one per
+        interval (no key is lost: the newest copy is always there)."""
+        if self.mqtt.protocol != "5":
+            return None
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.MessageExpiryInterval = math.ceil(2 * self.mqtt.republish_interval_s)
+        return properties
 
     def _alarm_message(
         self, kind: AlarmKind, values: dict[str, float | int], *, active: bool
