@@ -332,6 +332,10 @@ class LineSink:
             os.close(fd)
 
 
+#: How long the SUBACK of a resumed session may take (see KeyConsumer._session).
+SUBSCRIBE_TIMEOUT_S = 300.0
+
+
 class KeyConsumer:
     """Receives one slot's keys from one daemon; see the module docstring."""
 
@@ -379,7 +383,10 @@ class KeyConsumer:
         # A persistent session: keys published while this consumer is away wait at
         # the broker (the daemon republishes them anyway).
         async with broker_session(self.config.mqtt, identifier, persistent_session=True) as client:
-            await client.subscribe(self.topic, qos=1)
+            # A resumed session first receives everything the broker kept for it (after
+            # a long absence, thousands of keys) and the SUBACK comes after that: the
+            # default 15 s operation timeout would drop the connection and start over.
+            await client.subscribe(self.topic, qos=1, timeout=SUBSCRIBE_TIMEOUT_S)
             self.connected.set()
             stop = asyncio.create_task(self._stop.wait())
             try:

@@ -202,13 +202,6 @@ async def test_eavesdropper_raises_qber_high_and_no_attacked_key(
     figures(f"attacked block(s) {sorted(attacked)}: no key at either end")
 
 
-@pytest.mark.xfail(
-    reason="open bug: after the second broker restart the `pause` command is not answered "
-    "within 120 s (the daemon is busy republishing thousands of unacknowledged keys; "
-    "every key waits for its PUBACK and a store write), so the exactly-once check "
-    "after pausing is not reached",
-    strict=False,
-)
 async def test_broker_killed_twice_loses_no_key(
     link: Link, mqtt_broker: MosquittoBroker, figures: Report
 ) -> None:
