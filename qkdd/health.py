@@ -26,7 +26,7 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qkdd.link.alarm_kinds import AlarmEvent, AlarmKind
+from qkdd.link.alarm_kinds import AlarmEvent
 from qkdd.link.events import FrameReport, KeysCommitted, LinkEvents
 from qkdd.link.states import LinkState, Transition
 from qkdd.logging import get_logger
@@ -40,9 +40,6 @@ HEALTH_FILE_MODE: Final = 0o640
 MIN_INTERVAL_S: Final = 0.5
 HEARTBEAT_S: Final = 5.0
 KEY_RATE_WINDOW_S: Final = 60.0
-#: Warnings that the engine raises without a matching "cleared" event (the CUSUM
-#: warning restarts its statistic instead) count as active for this long.
-WARNING_HOLD_S: Final = 60.0
 
 
 class ActiveAlarm(BaseModel):
@@ -293,10 +290,6 @@ class HealthRecorder:
         return sum(bits for _, bits in self._commits) / span
 
     def active_alarms(self, now: float) -> list[ActiveAlarm]:
-        for name, alarm in list(self._alarms.items()):
-            kind = AlarmKind(name)
-            if kind in _UNCLEARED_WARNINGS and now - alarm.since > WARNING_HOLD_S:
-                del self._alarms[name]
         return sorted(self._alarms.values(), key=lambda a: a.name)
 
     def snapshot(self) -> HealthSnapshot:
@@ -382,6 +375,3 @@ class HealthRecorder:
         if self.running:
             self.running = False
             self.write()
-
-
-_UNCLEARED_WARNINGS = frozenset({AlarmKind.QBER_WARNING})

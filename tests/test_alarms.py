@@ -122,6 +122,27 @@ def test_cusum_warns_on_a_drift_before_the_alarm() -> None:
     assert alarmed_at is None
 
 
+def test_cusum_warning_clears_after_clean_bits_and_returns_with_a_new_drift() -> None:
+    """Raised on a drift, the warning is a state: it clears once warning_clear_bits
+    test bits pass with no new crossing, and a new drift raises it again."""
+    rng = np.random.default_rng(5)
+    test = QberAlarmTest(window_bits=512)
+    events: list[tuple[int, bool]] = []
+    for frame in range(600):
+        qber = 0.045 if frame < 100 or frame >= 400 else 0.005
+        for e in test.observe(rng.random(200) < qber).events:
+            if e.kind is AlarmKind.QBER_WARNING:
+                events.append((frame, e.active))
+    changes = [e for i, e in enumerate(events) if i == 0 or e[1] != events[i - 1][1]]
+    assert changes[0][1] is True and changes[0][0] < 100
+    # the drift ends at frame 100: cleared within warning_clear_bits (200 bits a frame)
+    last_raise = max(f for f, active in events if active and f < 100)
+    clear = next(f for f, active in changes if not active and f >= 100)
+    assert clear <= last_raise + test.warning_clear_bits // 200 + 1
+    assert not any(f for f, active in events if 150 <= f < 400)  # quiet on a good link
+    assert any(active and f >= 400 for f, active in events)  # the second drift
+
+
 def test_cusum_quiet_on_a_good_link() -> None:
     rng = np.random.default_rng(4)
     test = QberAlarmTest()

@@ -16,7 +16,6 @@ from qkdd.config import ConfigError, parse_config
 from qkdd.health import (
     HEALTH_FILE,
     MIN_INTERVAL_S,
-    WARNING_HOLD_S,
     HealthRecorder,
     is_alive,
     read_snapshot,
@@ -106,7 +105,8 @@ def test_recorder_follows_the_links_events(tmp_path: Path) -> None:
     assert snap.alarms_total == {"qber_warning": 1, "peer_lost": 1}
 
     events.alarm(AlarmEvent(AlarmKind.PEER_LOST, False))
-    clock.t += WARNING_HOLD_S + 1  # the CUSUM warning has no "cleared" event: it ages out
+    events.alarm(AlarmEvent(AlarmKind.QBER_WARNING, False, {"clean_bits": 512}))
+    clock.t += 61
     rec.write()
     snap = read_snapshot(tmp_path)
     assert snap is not None

@@ -63,6 +63,10 @@ class FrameAlarmResult:
     alarm_active: bool
 
 
+#: The CUSUM warning clears after this many windows of test bits without a crossing.
+WARNING_CLEAR_WINDOWS = 16
+
+
 class QberAlarmTest:
     """The windowed binomial test and the CUSUM warning over test-basis error bits."""
 
@@ -92,12 +96,19 @@ class QberAlarmTest:
         self._cusum = 0.0
         self._recent = np.empty(0, dtype=np.int8)  # at most window_bits - 1 bits carried over
         self.alarm_active = False
+        self.warning_active = False
+        self._bits_since_warning = 0
+        # A drift keeps re-crossing: at a QBER of 4.5 % (ceiling 5 %, reference 2.5 %)
+        # about every 2,000 bits; one window would clear and raise it in turn.
+        self.warning_clear_bits = WARNING_CLEAR_WINDOWS * window_bits
 
     def reset(self) -> None:
         """Forget every bit (a fresh start, e.g. after recalibration)."""
         self._recent = np.empty(0, dtype=np.int8)
         self._cusum = 0.0
         self.alarm_active = False
+        self.warning_active = False
+        self._bits_since_warning = 0
 
     def observe(self, errors: npt.ArrayLike) -> FrameAlarmResult:
         """Feed one frame's test-basis error indicators (1 = Alice's and Bob's bits differ), in
@@ -167,7 +178,8 @@ class QberAlarmTest:
         return cumulative - np.minimum(np.minimum.accumulate(cumulative), -start)
 
     def _cusum_step(self, new: npt.NDArray[np.int8]) -> list[AlarmEvent]:
-        """Advance the CUSUM; at most one warning per frame, then the statistic restarts."""
+        """Advance the CUSUM; at most one warning per frame, then the statistic restarts.
+        The warning clears once ``warning_clear_bits`` bits have passed without one."""
         if new.size == 0:
             return []
         steps = np.where(new == 1, self._llr_error, self._llr_correct)
@@ -175,9 +187,21 @@ class QberAlarmTest:
         crossed = np.flatnonzero(path >= self.cusum_threshold)
         if crossed.size == 0:
             self._cusum = float(path[-1])
+            self._bits_since_warning += new.size
+            if self.warning_active and self._bits_since_warning >= self.warning_clear_bits:
+                self.warning_active = False
+                return [
+                    AlarmEvent(
+                        AlarmKind.QBER_WARNING,
+                        False,
+                        {"clean_bits": self._bits_since_warning, "cusum": self._cusum},
+                    )
+                ]
             return []
         rest = steps[crossed[0] + 1 :]
         self._cusum = float(self._cusum_path(rest, 0.0)[-1]) if rest.size else 0.0
+        self.warning_active = True
+        self._bits_since_warning = int(rest.size)
         return [
             AlarmEvent(
                 AlarmKind.QBER_WARNING,

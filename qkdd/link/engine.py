@@ -646,8 +646,7 @@ class LinkEngine:
                 if probing:
                     raise BlockAborted("alarm cleared: a fresh block starts", local=False)
             elif event.kind is AlarmKind.QBER_WARNING:
-                self.events.alarm(event)
-                _log.warning("alarm", kind=str(event.kind), level="warning", **event.values)
+                self._warning(AlarmKind.QBER_WARNING, event.active, event.values)
         return result.window_qber, result.window_lower_bound
 
     def _frame_statistics(
