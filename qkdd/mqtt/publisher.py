@@ -386,7 +386,8 @@ class MqttPublisher:
         """MQTT 5: a key message expires at the broker after two republish intervals.
         The daemon resends every unacknowledged key each interval, so a consumer away
         for hours finds about one copy of each key queued in its session, not one per
-        interval (no key is lost: the newest copy is always there)."""
+        interval. No key is lost by it: the outbox keeps every key until it is
+        acknowledged and sends it again."""
         if self.mqtt.protocol != "5":
             return None
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
