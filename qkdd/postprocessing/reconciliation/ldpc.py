@@ -309,8 +309,12 @@ def _layout(code: LdpcCode, plan: FramePlan, public_seed: int, frame: int) -> _L
     rest = np.flatnonzero(free)
     rng = np.random.default_rng([public_seed, frame])
     perm = rng.permutation(rest.size)
-    shortened = np.sort(rest[perm[: plan.shortened]])
-    key = np.sort(rest[perm[plan.shortened :]])
+    # A mask keeps both parts in ascending order without sorting (two sorts of
+    # ~60 000 positions per frame and end were ~8 % of a reconciliation).
+    chosen = np.zeros(rest.size, dtype=bool)
+    chosen[perm[: plan.shortened]] = True
+    shortened = rest[chosen]
+    key = rest[~chosen]
     reveal = np.concatenate([punctured[::-1], rng.permutation(key)])
     return _Layout(punctured=punctured, shortened=shortened, key=key, reveal_order=reveal)
 
