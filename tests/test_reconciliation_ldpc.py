@@ -24,6 +24,7 @@ from qkdd.postprocessing.reconciliation.decoder import (
     PHI_TABLE,
     STALL_ITERATIONS,
     decode,
+    decode_from,
     syndrome,
 )
 from qkdd.postprocessing.reconciliation.ldpc import (
@@ -187,6 +188,31 @@ def test_decoder_finds_the_word_at_low_noise_and_reports_failure_otherwise() -> 
     )
     assert not ok and its == 5
     assert KNOWN_LLR > 100
+
+
+def test_a_retry_continues_from_the_failed_attempt() -> None:
+    code = shipped_codes()[-2]
+    rng = np.random.default_rng(5)
+    word = rng.integers(0, 2, code.n, dtype=np.uint8)
+    target = code.syndrome(word)
+    q = 0.02  # beyond this code's threshold: the first attempt fails
+    noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
+    llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
+    messages = np.zeros(code.check_vars.size, dtype=np.float32)
+    args = (code.check_ptr, code.check_vars)
+    _, ok, _ = decode_from(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12, messages)
+    assert not ok and np.any(messages != 0)
+    # Zero messages are exactly a fresh decode.
+    fresh = decode(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12)
+    again = decode_from(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12, np.zeros_like(messages))
+    np.testing.assert_array_equal(fresh[0], again[0])
+    assert fresh[1:] == again[1:]
+    # Reveal half the bits (now within reach) and continue from the stuck messages.
+    revealed = rng.random(code.n) < 0.5
+    llr[revealed] = np.where(word[revealed] == 0, KNOWN_LLR, -KNOWN_LLR)
+    out, ok, _ = decode_from(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12, messages)
+    assert ok
+    np.testing.assert_array_equal(out, word)
 
 
 def test_phi_lookup_by_float_bits_tracks_phi() -> None:

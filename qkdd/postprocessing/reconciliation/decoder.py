@@ -145,6 +145,25 @@ def decode(  # noqa: PLR0917  (numba: no keyword-only arguments)
     shift: int,
     stall: int,
 ) -> tuple[npt.NDArray[np.uint8], bool, int]:
+    """:func:`decode_from` with all check-to-variable messages starting at 0."""
+    messages = np.zeros(check_vars.size, dtype=np.float32)
+    return decode_from(
+        check_ptr, check_vars, llr, target, max_iterations, table, shift, stall, messages
+    )
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def decode_from(  # noqa: PLR0917  (numba: no keyword-only arguments)
+    check_ptr: npt.NDArray[np.int32],
+    check_vars: npt.NDArray[np.int32],
+    llr: npt.NDArray[np.float32],
+    target: npt.NDArray[np.uint8],
+    max_iterations: int,
+    table: npt.NDArray[np.float32],
+    shift: int,
+    stall: int,
+    messages: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.uint8], bool, int]:
     """Find x with H·x = target from channel LLRs (positive = bit 0).
 
     Layered sum-product: the check update in the φ domain (Gallager),
@@ -160,12 +179,17 @@ def decode(  # noqa: PLR0917  (numba: no keyword-only arguments)
     iteration in which every check did pays for the full syndrome test.
     It gives up after ``stall`` iterations without a new low in unsatisfied
     checks (:data:`STALL_ITERATIONS`, :data:`FINAL_STALL_ITERATIONS`).
+    ``messages`` holds the check-to-variable messages, one per edge, and is
+    updated in place: zeros start afresh, the messages a failed attempt left
+    continue it (a retry whose revealed bits enter through ``llr`` converges
+    in a fraction of a fresh decode's iterations).
     Returns the hard decision, whether it satisfies every check, and the
     number of iterations used.
     """
     m = check_ptr.size - 1
     posterior = llr.astype(np.float32).copy()
-    messages = np.zeros(check_vars.size, dtype=np.float32)
+    for e in range(check_vars.size):
+        posterior[check_vars[e]] += messages[e]
     max_deg = 0
     for c in range(m):
         max_deg = max(max_deg, check_ptr[c + 1] - check_ptr[c])
