@@ -82,7 +82,8 @@ def _make_codes_tool() -> ModuleType:
 
 
 def test_shipped_codes_have_their_stated_ensemble_and_rate() -> None:
-    published = _make_codes_tool().PUBLISHED
+    tool = _make_codes_tool()
+    published = tool.PUBLISHED
     root = resources.files("qkdd.postprocessing.reconciliation") / "codes"
     checked = 0
     for entry in root.iterdir():
@@ -100,12 +101,25 @@ def test_shipped_codes_have_their_stated_ensemble_and_rate() -> None:
             np.testing.assert_allclose(realised, z["lambda_edge"], atol=1e-3)
             check_deg = np.diff(z["check_ptr"])
             assert int(check_deg.max()) - int(check_deg.min()) <= 3  # concentrated ρ
-            if "source" in z.files and str(z["source"]).startswith("Elkouss"):
-                lam = published[float(z["design_rate"])][0]
+            source = str(z["source"]) if "source" in z.files else ""
+            table = (
+                published
+                if source.startswith("Elkouss")
+                else tool.DESIGNED
+                if source.startswith("density evolution")
+                else None
+            )
+            if table is not None:
+                lam, rho, p_star = table[float(z["design_rate"])]
                 stated = np.array([lam[int(d)] for d in degrees])
                 np.testing.assert_allclose(realised, stated / stated.sum(), atol=1e-3)
+                assert float(z["design_qber"]) == p_star
+                # the graph's check degrees are the stated ρ's (±1: edges/m is not an integer)
+                allowed = {d + k for d in rho for k in (-1, 0, 1)}
+                assert set(np.unique(check_deg).tolist()) <= allowed
                 checked += 1
-    assert checked >= 4  # rates 0.75-0.9 from Elkouss et al. 2009, Table I
+    # rates 0.75-0.85 from Elkouss et al. 2009, Table I; 0.909 checked by density evolution
+    assert checked >= 4
 
 
 @pytest.mark.parametrize("qber", [0.01, 0.02, 0.03, 0.05])

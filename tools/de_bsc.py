@@ -277,7 +277,11 @@ def optimise(
             gain = design_rate(new, rho) - design_rate(lam, rho)
             lam, history = new, new_history
             trust = min(0.03, 1.5 * trust)
-            print(f"  step {step}: rate {design_rate(lam, rho):.5f} (+{gain:.5f})", flush=True)
+            kept = {d: round(w, 6) for d, w in lam.items() if w > 1e-6}
+            print(
+                f"  step {step}: rate {design_rate(lam, rho):.5f} (+{gain:.5f}) λ {kept}",
+                flush=True,
+            )
             if gain < 2e-5:
                 break
         else:
