@@ -5,8 +5,9 @@ Never run in CI; run by hand when the code set changes (seconds per code):
     python tools/make_ldpc_codes.py [--rates 0.75 0.8 0.85 0.9] [--frame 65536]
         [--out qkdd/postprocessing/reconciliation/codes]
 
-The shipped set (2026-11-23) is rates 0.5, 0.6, 0.75, 0.8 and 0.95 at
-n = 65 536 (``--rates 0.75 0.8``; 0.5, 0.6 and 0.95 as described below) and
+The shipped set (2026-11-23) is rates 0.5, 0.6, 0.75, 0.8, 0.9 and 0.95 at
+n = 65 536 (``--rates 0.75 0.8 0.9``; 0.5, 0.6 and 0.95 as described below;
+0.9 for keys too short for the longer codes' m) and
 rates 0.6984, 0.8434 and 0.9051 at n = 98 304:
 
     python tools/make_ldpc_codes.py --rates 0.6984 0.8434 0.9051 --frame 98304
