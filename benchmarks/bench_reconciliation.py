@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qkdd.postprocessing.entropy import binary_entropy
-from qkdd.postprocessing.reconciliation import Role, run_local
+from qkdd.postprocessing.reconciliation import LocalChannel, Message, Role, run_local
 from qkdd.postprocessing.reconciliation.cascade import (
     ORIGINAL,
     WITH_BICONF,
@@ -133,16 +133,27 @@ def _timed_cpu(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 def run_ldpc(n: int, qber: float, seed: int) -> dict[str, Any]:
     alice, bob, e = _keys(n, qber, seed)
     rng = np.random.default_rng(seed + 1)
+    by_kind: dict[str, int] = {}
+
+    def tally(message: Message) -> None:
+        # Where the leakage goes: syndromes net of the punctured credit, revealed bits, status.
+        bits = sum(int(v.size) for v in message.disclosed.values()) - message.credit
+        by_kind[message.kind] = by_kind.get(message.kind, 0) + bits
+
     run, dt, cpu = _timed_cpu(
-        lambda: run_local(LdpcAlice(alice, qber, random_bytes=rng.bytes), LdpcBob(bob))
+        lambda: run_local(
+            LdpcAlice(alice, qber, random_bytes=rng.bytes), LdpcBob(bob), LocalChannel(tally)
+        )
     )
     wrong = int(run.alice.key.size != run.bob.key.size or np.any(run.alice.key != run.bob.key))
     frames = run.alice.frames
+    ideal = n * binary_entropy(e)
     return {
         "method": "ldpc",
         "n": n,
         "qber": qber,
-        "f": run.ledger.leaked_bits / (n * binary_entropy(e)),
+        "f": run.ledger.leaked_bits / ideal,
+        "f_by_kind": {kind: bits / ideal for kind, bits in sorted(by_kind.items())},
         "fer": (run.alice.failed_frames + wrong) / frames,
         "frames": frames,
         "failed_frames": run.alice.failed_frames,
@@ -242,6 +253,10 @@ def main() -> None:
         print(json.dumps({"results": rows, "ldpc_fer": fer}, indent=2))
         return
     print_table(rows)
+    for r in rows:
+        if "f_by_kind" in r:
+            parts = ", ".join(f"{kind} {f:.3f}" for kind, f in r["f_by_kind"].items())
+            print(f"LDPC f at n={r['n']}, q={r['qber']} by message: {parts}")
     for r in fer:
         bound = f" (95% upper bound {r['fer_upper_95']:.1e})" if r["fer_upper_95"] else ""
         print(

@@ -49,13 +49,16 @@ def load_revision(rev: str) -> ModuleType:
 
 
 def use(module: ModuleType) -> None:
-    decode = module.decode
-    if "FINAL_STALL_ITERATIONS" not in vars(module):
-        # Revisions before the stall argument: same call without it.
-        def decode(*args: object) -> object:
-            return module.decode(*args[:7])
+    decode_from = getattr(module, "decode_from", None)
+    if decode_from is None:
+        # Revisions before warm retries: a fresh decode (the messages argument
+        # is dropped and stays zero), and before the stall argument without it.
+        width = 8 if "FINAL_STALL_ITERATIONS" in vars(module) else 7
 
-    ldpc.decode = decode  # type: ignore[attr-defined]
+        def decode_from(*args: object) -> object:
+            return module.decode(*args[:width])
+
+    ldpc.decode_from = decode_from  # type: ignore[attr-defined]
     ldpc.PHI_TABLE = module.PHI_TABLE  # type: ignore[attr-defined]
     ldpc.PHI_SCALE = module.PHI_SCALE  # type: ignore[attr-defined]
 
