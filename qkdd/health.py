@@ -289,7 +289,7 @@ class HealthRecorder:
         span = min(KEY_RATE_WINDOW_S, max(now - self.started_at, 1e-3))
         return sum(bits for _, bits in self._commits) / span
 
-    def active_alarms(self, now: float) -> list[ActiveAlarm]:
+    def active_alarms(self) -> list[ActiveAlarm]:
         return sorted(self._alarms.values(), key=lambda a: a.name)
 
     def snapshot(self) -> HealthSnapshot:
@@ -322,7 +322,7 @@ class HealthRecorder:
             keys_committed=self.keys_committed,
             secret_bits_committed=self.secret_bits_committed,
             key_rate_bits_per_s=self.key_rate(now),
-            alarms=self.active_alarms(now),
+            alarms=self.active_alarms(),
             alarms_total=dict(self.alarms_total),
             mqtt_enabled=self.mqtt_connected is not None,
             mqtt_connected=connected,

@@ -282,11 +282,11 @@ class MqttPublisher:
             # qkdd.cancellation) and would hold the group, and the daemon, forever.
             await cancel_and_wait(tasks)
         failures = [exc for t in tasks if not t.cancelled() and (exc := t.exception()) is not None]
+        for exc in failures:  # a bug surfaces, also while stopping
+            if not isinstance(exc, (_Stopped, aiomqtt.MqttError)):
+                raise exc
         if any(isinstance(exc, _Stopped) for exc in failures):
             return
-        for exc in failures:
-            if not isinstance(exc, aiomqtt.MqttError):
-                raise exc
         if failures:
             raise failures[0]
 
