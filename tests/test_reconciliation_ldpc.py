@@ -154,9 +154,7 @@ def test_mother_codes_decode_below_their_design_threshold(rate: float) -> None:
     word = rng.integers(0, 2, code.n, dtype=np.uint8)
     noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
     llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
-    out, ok, _ = decode(
-        code.check_ptr, code.check_vars, llr, code.syndrome(word), 60, PHI_TABLE, PHI_SCALE, 12
-    )
+    out, ok, _ = decode(code.check_ptr, code.check_vars, llr, code.syndrome(word))
     assert ok
     np.testing.assert_array_equal(out, word)
 
@@ -192,16 +190,12 @@ def test_decoder_finds_the_word_at_low_noise_and_reports_failure_otherwise() -> 
     q = 0.003
     noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
     llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
-    out, ok, its = decode(
-        code.check_ptr, code.check_vars, llr, target, 60, PHI_TABLE, PHI_SCALE, 12
-    )
+    out, ok, its = decode(code.check_ptr, code.check_vars, llr, target, max_iterations=60)
     assert ok and its < 60
     np.testing.assert_array_equal(out, word)
     # Far beyond the code's capacity the decoder must say it failed.
     garbage = np.where(rng.random(code.n) < 0.5, 1.0, -1.0).astype(np.float32) * 2
-    _, ok, its = decode(
-        code.check_ptr, code.check_vars, garbage, target, 5, PHI_TABLE, PHI_SCALE, 12
-    )
+    _, ok, its = decode(code.check_ptr, code.check_vars, garbage, target, max_iterations=5)
     assert not ok and its == 5
     assert KNOWN_LLR > 100
 
@@ -216,17 +210,17 @@ def test_a_retry_continues_from_the_failed_attempt() -> None:
     llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
     messages = np.zeros(code.check_vars.size, dtype=np.float32)
     args = (code.check_ptr, code.check_vars)
-    _, ok, _ = decode_from(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12, messages)
+    _, ok, _ = decode_from(*args, llr, target, messages)
     assert not ok and np.any(messages != 0)
     # Zero messages are exactly a fresh decode.
-    fresh = decode(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12)
-    again = decode_from(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12, np.zeros_like(messages))
+    fresh = decode(*args, llr, target)
+    again = decode_from(*args, llr, target, np.zeros_like(messages))
     np.testing.assert_array_equal(fresh[0], again[0])
     assert fresh[1:] == again[1:]
     # Reveal half the bits (now within reach) and continue from the stuck messages.
     revealed = rng.random(code.n) < 0.5
     llr[revealed] = np.where(word[revealed] == 0, KNOWN_LLR, -KNOWN_LLR)
-    out, ok, _ = decode_from(*args, llr, target, 60, PHI_TABLE, PHI_SCALE, 12, messages)
+    out, ok, _ = decode_from(*args, llr, target, messages)
     assert ok
     np.testing.assert_array_equal(out, word)
 
@@ -252,10 +246,10 @@ def test_decoder_gives_up_without_progress() -> None:
     q = 0.2  # far beyond the code's capacity
     noisy = word ^ (rng.random(code.n) < q).astype(np.uint8)
     llr = np.where(noisy == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log((1 - q) / q))
-    args = (code.check_ptr, code.check_vars, llr, target, 500, PHI_TABLE, PHI_SCALE)
-    _, ok, its = decode(*args, STALL_ITERATIONS)
+    args = (code.check_ptr, code.check_vars, llr, target)
+    _, ok, its = decode(*args, max_iterations=500, stall=STALL_ITERATIONS)
     assert not ok and STALL_ITERATIONS <= its < 500
-    _, ok, patient = decode(*args, FINAL_STALL_ITERATIONS)
+    _, ok, patient = decode(*args, max_iterations=500, stall=FINAL_STALL_ITERATIONS)
     assert not ok and its < FINAL_STALL_ITERATIONS <= patient < 500
 
 

@@ -49,18 +49,38 @@ def load_revision(rev: str) -> ModuleType:
 
 
 def use(module: ModuleType) -> None:
-    decode_from = getattr(module, "decode_from", None)
-    if decode_from is None:
-        # Revisions before warm retries: a fresh decode (the messages argument
-        # is dropped and stays zero), and before the stall argument without it.
-        width = 8 if "FINAL_STALL_ITERATIONS" in vars(module) else 7
+    """Make ldpc decode with ``module``'s decoder, adapting older call signatures."""
+    if "_layered" in vars(module):
+        decode_from = module.decode_from  # the current interface (C kernel)
+    elif "decode_from" in vars(module):
+        # numba revisions: positional, with the φ table and its shift.
+        def decode_from(
+            ptr: object, cols: object, llr: object, target: object, messages: object, **kw: int
+        ) -> object:
+            return module.decode_from(
+                ptr,
+                cols,
+                llr,
+                target,
+                kw["max_iterations"],
+                module.PHI_TABLE,
+                module.PHI_SCALE,
+                kw["stall"],
+                messages,
+            )
+    else:
+        # Revisions before warm retries: a fresh decode (the messages stay
+        # zero), and before the stall argument without it.
+        stall = "FINAL_STALL_ITERATIONS" in vars(module)
 
-        def decode_from(*args: object) -> object:
-            return module.decode(*args[:width])
+        def decode_from(
+            ptr: object, cols: object, llr: object, target: object, messages: object, **kw: int
+        ) -> object:
+            args = [ptr, cols, llr, target, kw["max_iterations"], module.PHI_TABLE]
+            args += [module.PHI_SCALE, kw["stall"]] if stall else [module.PHI_SCALE]
+            return module.decode(*args)
 
     ldpc.decode_from = decode_from  # type: ignore[attr-defined]
-    ldpc.PHI_TABLE = module.PHI_TABLE  # type: ignore[attr-defined]
-    ldpc.PHI_SCALE = module.PHI_SCALE  # type: ignore[attr-defined]
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Per-frame efficiency need of the LDPC reconciler, and the blind schedule it implies.
 
 Never run in CI; run by hand after the code set changes, to recalibrate
-``ldpc._F0_TABLE`` and ``ldpc.RETRY_FRACTION``:
+``ldpc._F0_TABLE`` and ``ldpc._RETRY_TABLE``:
 
     python tools/ldpc_needs.py [--qbers 0.01 0.02 0.05] [--frames 40] [--total 1000000]
 
@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qkdd.postprocessing.entropy import binary_entropy
 from qkdd.postprocessing.reconciliation.ldpc import (
-    RETRY_FRACTION,
     FramePlan,
     LdpcAlice,
     LdpcBob,
     LdpcCode,
     default_efficiency,
     plan_frames,
+    retry_fraction,
     shipped_codes,
 )
 
@@ -155,7 +155,7 @@ def main() -> None:
             flush=True,
         )
         print("  needs:", " ".join(f"{x:.3f}" for x in sorted(arr)), flush=True)
-        for step in sorted({RETRY_FRACTION, 0.03, 0.04, 0.05, 0.06, 0.08}):
+        for step in sorted({retry_fraction(q, k), 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06}):
             f0, f, dropped, reach = best_schedule(arr, q, k, step, codes=codes, margin=args.margin)
             print(
                 f"  step {step:.3f}: best f0 {f0:.3f} -> expected f {f:.3f}, "

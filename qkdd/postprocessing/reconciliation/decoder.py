@@ -1,4 +1,4 @@
-"""Syndrome decoding of LDPC codes: layered sum-product, compiled with numba.
+"""Syndrome decoding of LDPC codes: layered sum-product, its hot loop in C.
 
 Bob knows his bits y and Alice's syndrome s = H·x; he looks for the x with
 H·x = s nearest to y. Channel LLRs are ±ln((1−q)/q) from his bits and the QBER
@@ -13,19 +13,19 @@ sum-product in Gallager's φ domain with a branch-free table lookup for φ
 min-sum was tried and lost far too much at the check degrees (20–60) of
 high-rate codes. The decoder stops as soon as the hard decision satisfies
 every check.
+
+The decoding loop is the C extension :mod:`._layered` (built with the
+package; see its source for why C and not numba); this module keeps the
+interface, the argument checks and the small numba helpers around it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import cast
-
 import numba
 import numpy as np
 import numpy.typing as npt
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
+
+from qkdd.postprocessing.reconciliation import _layered
 
 #: LLR magnitude standing for "known" (shortened) bits.
 KNOWN_LLR = np.float32(1.0e4)
@@ -73,23 +73,6 @@ PHI_SCALE = 23 - PHI_MANTISSA_BITS
 PHI_OFFSET = (127 + PHI_LOW_EXP) << PHI_MANTISSA_BITS
 
 
-def _float_bits_typer(typingctx: object, x: types.Type) -> object:
-    if x != types.float32:
-        return None
-
-    def codegen(
-        context: object, builder: ir.IRBuilder, signature: object, args: list[ir.Value]
-    ) -> ir.Value:
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-#: The bit pattern of a float32 as int32, for the φ key: a register bitcast
-#: (a store and reload through a one-element view cost ~10 % of decoding).
-_float_bits = cast("Callable[..., int]", intrinsic(_float_bits_typer))
-
-
 @numba.njit(cache=True, nogil=True)
 def fold_known(
     check_ptr: npt.NDArray[np.int32],
@@ -134,129 +117,69 @@ def _phi_table() -> npt.NDArray[np.float32]:
 PHI_TABLE = _phi_table()
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def decode(  # noqa: PLR0917  (numba: no keyword-only arguments)
+def decode(
     check_ptr: npt.NDArray[np.int32],
     check_vars: npt.NDArray[np.int32],
     llr: npt.NDArray[np.float32],
     target: npt.NDArray[np.uint8],
-    max_iterations: int,
-    table: npt.NDArray[np.float32],
-    shift: int,
-    stall: int,
+    *,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    stall: int = STALL_ITERATIONS,
 ) -> tuple[npt.NDArray[np.uint8], bool, int]:
     """:func:`decode_from` with all check-to-variable messages starting at 0."""
     messages = np.zeros(check_vars.size, dtype=np.float32)
     return decode_from(
-        check_ptr, check_vars, llr, target, max_iterations, table, shift, stall, messages
+        check_ptr, check_vars, llr, target, messages, max_iterations=max_iterations, stall=stall
     )
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def decode_from(  # noqa: PLR0917  (numba: no keyword-only arguments)
+def decode_from(
     check_ptr: npt.NDArray[np.int32],
     check_vars: npt.NDArray[np.int32],
     llr: npt.NDArray[np.float32],
     target: npt.NDArray[np.uint8],
-    max_iterations: int,
-    table: npt.NDArray[np.float32],
-    shift: int,
-    stall: int,
     messages: npt.NDArray[np.float32],
+    *,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    stall: int = STALL_ITERATIONS,
 ) -> tuple[npt.NDArray[np.uint8], bool, int]:
     """Find x with H·x = target from channel LLRs (positive = bit 0).
 
     Layered sum-product: the check update in the φ domain (Gallager),
     out_k = (−1)^{s_c}·Π_{j≠k} sign(t_j) · φ(Σ_{j≠k} φ(|t_j|)), with φ from
-    ``table`` indexed by a float's bits shifted right by ``shift``
-    (:data:`PHI_TABLE`, :data:`PHI_SCALE`). Signs and parities are kept as
-    integers and combined with XOR, never branched on: the signs of a
-    syndrome decoder's messages are random, so branches on them mispredict
-    half the time. A check whose inputs all exceed SETTLED_LLR and agree
-    with its syndrome bit keeps its previous messages (forced convergence:
-    its outputs would be large and of the same signs). Each check also notes
-    whether its variables' signs satisfy it right after its update; only an
-    iteration in which every check did pays for the full syndrome test.
-    It gives up after ``stall`` iterations without a new low in unsatisfied
-    checks (:data:`STALL_ITERATIONS`, :data:`FINAL_STALL_ITERATIONS`).
-    ``messages`` holds the check-to-variable messages, one per edge, and is
-    updated in place: zeros start afresh, the messages a failed attempt left
-    continue it (a retry whose revealed bits enter through ``llr`` converges
-    in a fraction of a fresh decode's iterations).
+    :data:`PHI_TABLE` indexed by a float's bits. A check whose inputs all
+    exceed SETTLED_LLR and agree with its syndrome bit keeps its previous
+    messages (forced convergence: its outputs would be large and of the same
+    signs). Each check notes whether its variables' signs satisfy it right
+    after its update; only an iteration in which every check did pays for the
+    full syndrome test. It gives up after ``stall`` iterations without a new
+    low in unsatisfied checks (:data:`STALL_ITERATIONS`,
+    :data:`FINAL_STALL_ITERATIONS`).
+
+    ``messages`` holds the check-to-variable messages, one float32 per edge,
+    and is updated in place: zeros start afresh, the messages a failed
+    attempt left continue it (a retry whose revealed bits enter through
+    ``llr`` converges in a fraction of a fresh decode's iterations).
     Returns the hard decision, whether it satisfies every check, and the
-    number of iterations used.
+    number of iterations used. Releases the GIL while it decodes.
     """
-    m = check_ptr.size - 1
-    posterior = llr.astype(np.float32).copy()
-    for e in range(check_vars.size):
-        posterior[check_vars[e]] += messages[e]
-    max_deg = 0
-    for c in range(m):
-        max_deg = max(max_deg, check_ptr[c + 1] - check_ptr[c])
-    incoming = np.empty(max_deg, dtype=np.float32)
-    phis = np.empty(max_deg, dtype=np.float32)
-    last = table.size - 1
-    hard = np.empty(posterior.size, dtype=np.uint8)
-    fewest = m + 1
-    stalled = 0
-    for it in range(1, max_iterations + 1):
-        unsatisfied = 0
-        for c in range(m):
-            start = check_ptr[c]
-            deg = check_ptr[c + 1] - start
-            negative = np.int32(target[c])
-            held = np.int32(target[c])
-            least = np.float32(np.inf)
-            total = np.float32(0.0)
-            for k in range(deg):
-                e = start + k
-                before = posterior[check_vars[e]]
-                held ^= np.int32(before < 0)
-                t = before - messages[e]
-                incoming[k] = t
-                negative ^= np.int32(t < 0)
-                a = abs(t)
-                least = min(least, a)
-                i = min(max((_float_bits(a) >> shift) - PHI_OFFSET, 0), last)
-                ph = table[i]
-                phis[k] = ph
-                total += ph
-            if least > SETTLED_LLR and negative == 0 and held == 0:
-                continue  # settled: keep its messages (forced convergence)
-            parity = np.int32(target[c])
-            for k in range(deg):
-                e = start + k
-                t = incoming[k]
-                rest = max(total - phis[k], np.float32(0.0))
-                i = min(max((_float_bits(rest) >> shift) - PHI_OFFSET, 0), last)
-                flip = negative ^ np.int32(t < 0)
-                mag = np.float32(1 - 2 * flip) * table[i]
-                messages[e] = mag
-                post = t + mag
-                posterior[check_vars[e]] = post
-                parity ^= np.int32(post < 0)
-            unsatisfied += int(parity)
-        if unsatisfied:
-            if unsatisfied < fewest:
-                fewest = unsatisfied
-                stalled = 0
-            else:
-                stalled += 1
-                if stalled >= stall:
-                    break  # no progress for a while: report failure early
-            continue
-        for v in range(posterior.size):
-            hard[v] = 1 if posterior[v] < 0 else 0
-        ok = True
-        for c in range(m):
-            acc = target[c]
-            for e in range(check_ptr[c], check_ptr[c + 1]):
-                acc ^= hard[check_vars[e]]
-            if acc:
-                ok = False
-                break
-        if ok:
-            return hard, True, it
-    for v in range(posterior.size):
-        hard[v] = 1 if posterior[v] < 0 else 0
-    return hard, False, it
+    if messages.dtype != np.float32 or not messages.flags.c_contiguous:
+        raise ValueError("messages must be a C-contiguous float32 array (updated in place)")
+    if not messages.flags.writeable:
+        raise ValueError("messages must be writeable (updated in place)")
+    hard = np.empty(llr.size, dtype=np.uint8)
+    ok, iterations = _layered.decode(
+        np.ascontiguousarray(check_ptr, dtype=np.int32),
+        np.ascontiguousarray(check_vars, dtype=np.int32),
+        np.ascontiguousarray(llr, dtype=np.float32),
+        np.ascontiguousarray(target, dtype=np.uint8),
+        PHI_TABLE,
+        PHI_SCALE,
+        PHI_OFFSET,
+        float(SETTLED_LLR),
+        int(max_iterations),
+        int(stall),
+        messages,
+        hard,
+    )
+    return hard, ok, iterations

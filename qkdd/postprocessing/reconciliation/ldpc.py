@@ -56,8 +56,6 @@ from qkdd.postprocessing.reconciliation.decoder import (
     DEFAULT_MAX_ITERATIONS,
     FINAL_STALL_ITERATIONS,
     KNOWN_LLR,
-    PHI_SCALE,
-    PHI_TABLE,
     STALL_ITERATIONS,
     decode_from,
     fold_known,
@@ -65,32 +63,42 @@ from qkdd.postprocessing.reconciliation.decoder import (
 )
 
 MAX_ATTEMPTS = 3
-#: Extra leakage of the second attempt, as a fraction of k·h(q) of the frame;
-#: the third attempt reveals twice as much again. The per-frame leakage a
-#: frame needs spreads over about ±0.05 of k·h(q) (its own error count
-#: fluctuates), so starting near the median and stepping by 0.06, then 0.12
-#: costs less on average than starting high enough for nearly every frame.
-RETRY_FRACTION = 0.06
+#: Extra leakage of the second attempt, as a fraction of k·h(q) of the frame,
+#: by QBER (linear interpolation); the third attempt reveals twice as much
+#: again. A frame's need (the f₀ at which it would decode at once) spreads by
+#: sd σ ≈ 0.023 / 0.020 / 0.032 / 0.013 / 0.014 of k·h(q) at 1 / 2 / 3 / 5 /
+#: 8 % (its own error count fluctuates; tools/ldpc_needs.py, see _F0_TABLE).
+#: Starting near the mean need and stepping by about 1.5σ costs least on
+#: average (expected f 0.006–0.01 below steps of 0.06, which were 2–5σ),
+#: while the last attempt still reaches about 4σ above the mean need (f₀ + 3
+#: steps), so that beyond it — a dropped frame — stays below 10^-4 of frames.
+_RETRY_TABLE = (
+    (0.01, 0.033),
+    (0.02, 0.028),
+    (0.03, 0.04),
+    (0.05, 0.02),
+    (0.08, 0.018),
+    (0.11, 0.04),
+)
+#: Key bits of the frames the retry table was measured on.
+_RETRY_FRAME_BITS = 90_910
 #: Frames are not split below this many key bits.
 MIN_FRAME_KEY_BITS = 1024
 #: Smallest QBER used to size a frame (an estimate of 0 still needs some syndrome).
 MIN_QBER = 0.002
-#: Starting efficiency f₀ by QBER, measured on the shipped codes. 1–5 %
-#: (tools/ldpc_needs.py, 16–32 frames of 90 910 bits each, then full
-#: 10^6-bit runs, 4 keys per point): the smallest f₀ at which a frame decodes
-#: at its first attempt has median 1.163 / 1.093 / 1.079 at 1 / 2 / 5 % (sd
-#: about 0.02 / 0.03 / 0.012, mostly the binomial spread of the frame's own
-#: error count); full runs gave f = 1.123 at f₀ = 1.10, 1.128 at 1.12 and
-#: 1.158 at 1.15 (2 %; from 1.15 on the planner moves to the rate-0.8 code),
-#: 1.119 at 1.07 and 1.103 at 1.09 (5 %), and 300 single frames at 1 % and
-#: f₀ = 1.15 f = 1.196 with none dropped. 3 % and above keep the earlier
-#: calibration (unchanged codes there): needs measured at 8 % (median 1.082,
-#: max 1.105 of 16) and 11 % (max 1.097) stay below their f₀ plus one retry.
-#: Linear interpolation in between.
-_F0_TABLE = ((0.01, 1.15), (0.02, 1.10), (0.03, 1.10), (0.05, 1.09), (0.08, 1.10), (0.11, 1.08))
+#: Starting efficiency f₀ by QBER, measured on the shipped codes with
+#: tools/ldpc_needs.py (40 frames of 90 910 key bits at 1 / 2 / 5 %, 32 frames
+#: at 3 % and 8 %): the need — the smallest f₀ at which a frame decodes at its
+#: first attempt — has mean 1.169 / 1.094 / 1.088 / 1.081 / 1.078 at
+#: 1 / 2 / 3 / 5 / 8 %. With the retry steps of _RETRY_TABLE, the f₀ minimising
+#: the expected leakage while the last attempt reaches ≥ 4 sd above the mean
+#: need is about the mean itself; 10^6-bit keys then gave f = 1.193 / 1.116 /
+#: 1.096 at 1 / 2 / 5 % (mean of 6 keys each, none dropped). 11 % keeps the
+#: earlier calibration (need max 1.097). Linear interpolation in between.
+_F0_TABLE = ((0.01, 1.165), (0.02, 1.09), (0.03, 1.085), (0.05, 1.08), (0.08, 1.08), (0.11, 1.08))
 
 
-#: Key bits of a full frame, for which the table above was measured.
+#: Keys shorter than this start with a margin on the table's f₀.
 _F0_FRAME_BITS = 62_500
 #: Extra f₀ per unit of √(62 500/k) − 1 for a key of k < 62 500 bits (one
 #: short, heavily shortened frame): its error count fluctuates more and a
@@ -231,13 +239,13 @@ def plan_frames(
         if base < MIN_FRAME_KEY_BITS and frames > 1:
             break
         sizes = [base + 1] * extra + [base] * (frames - extra)
-        fitted = [_fit(k, hq, codes, efficiency) for k in sizes]
+        fitted = [_fit(k, qber, codes, efficiency) for k in sizes]
         if any(p is None for p in fitted):
             continue
         plans = [p for p in fitted if p is not None]
         if first_feasible is None:
             first_feasible = frames
-        cost = sum(_modulation(codes[p.code], p, hq) for p in plans) / len(plans)
+        cost = sum(_modulation(codes[p.code], p, qber) for p in plans) / len(plans)
         # Leak beyond what f₀ asks first (short frames leak m − p_max), then
         # the code length (see _fit), then the modulation.
         excess = sum(
@@ -252,24 +260,31 @@ def plan_frames(
     return best[4]
 
 
-def _retry_fraction(k: int) -> float:
-    """First retry's share of k·h(q): RETRY_FRACTION, larger for short frames.
+def retry_fraction(qber: float, k: int) -> float:
+    """First retry's share of k·h(q): from the QBER's table, larger for short frames.
 
-    Short frames' needs spread more (relative error-count fluctuation ∝
-    1/√k), so their steps grow by √(62 500/k): at 20 000 bits and QBER 1 %
-    steps of 0.06/0.12 dropped 2 of 30 keys.
+    The table holds steps for frames of 90 910 key bits; a frame of k bits
+    steps 90 910/k times further. Its error count alone would spread its need
+    ∝ 1/√k, but a short frame is a heavily shortened mother code, whose own
+    threshold spreads too: measured at QBER 1 %, the need's sd was 0.023 at
+    90 910 bits, 0.043 at 50 000 and 0.080 at 20 000 (at 2 %: 0.020, 0.035),
+    close to ∝ 1/k; with steps ∝ 1/√k, 2 of 40 frames of 50 000 bits were
+    dropped at 1 %.
     """
-    return RETRY_FRACTION * max(1.0, math.sqrt(_F0_FRAME_BITS / max(k, 1)))
+    qs = [q for q, _ in _RETRY_TABLE]
+    steps = [s for _, s in _RETRY_TABLE]
+    step = float(np.interp(qber, qs, steps))
+    return step * max(1.0, _RETRY_FRAME_BITS / max(k, 1))
 
 
-def _reserve(k: int, hq: float) -> int:
+def _reserve(k: int, qber: float) -> int:
     """Punctured positions a frame keeps for its first retry.
 
     Only the first: reserving the second retry's too (0.18·k·h(q) in all)
     forced heavier shortening and raised f at QBER 5 % from 1.112 to 1.131
     (20 frames each), while the second retry is rare.
     """
-    return math.ceil(_retry_fraction(k) * k * hq)
+    return math.ceil(retry_fraction(qber, k) * k * binary_entropy(max(qber, MIN_QBER)))
 
 
 #: Cost of a punctured position beyond the retry reserve relative to a
@@ -284,9 +299,9 @@ PUNCTURE_COST = 2.0
 SHORTFALL_COST = 8.0
 
 
-def _modulation(code: LdpcCode, plan: FramePlan, hq: float) -> float:
+def _modulation(code: LdpcCode, plan: FramePlan, qber: float) -> float:
     """Cost of a layout: how far it moves the code from its native rate, per bit of n."""
-    reserve = _reserve(plan.key_bits, hq)
+    reserve = _reserve(plan.key_bits, qber)
     extra = max(0, plan.punctured - reserve)
     short = max(0, reserve - plan.punctured)
     return (PUNCTURE_COST * extra + plan.shortened + SHORTFALL_COST * short) / code.n
@@ -303,7 +318,7 @@ def _long_code_key(code: LdpcCode, plan: FramePlan) -> int:
     return -code.n if modest else 0
 
 
-def _fit(k: int, hq: float, codes: Sequence[LdpcCode], efficiency: float) -> FramePlan | None:
+def _fit(k: int, qber: float, codes: Sequence[LdpcCode], efficiency: float) -> FramePlan | None:
     """The frame layout leaking ⌈f₀·k·h(q)⌉ bits on the least-modulated code.
 
     A frame too short for any code to puncture that far leaks m − p_max
@@ -316,7 +331,7 @@ def _fit(k: int, hq: float, codes: Sequence[LdpcCode], efficiency: float) -> Fra
     codes needed 0.02–0.05 less f per frame than the 65 536-bit ones at
     1–5 %).
     """
-    leak = math.ceil(efficiency * k * hq)
+    leak = math.ceil(efficiency * k * binary_entropy(max(qber, MIN_QBER)))
     best: tuple[int, int, float, FramePlan] | None = None
     for i, code in enumerate(codes):
         p = min(code.m - leak, code.puncture_order.size)
@@ -324,7 +339,7 @@ def _fit(k: int, hq: float, codes: Sequence[LdpcCode], efficiency: float) -> Fra
         if p < 0 or s < 0:
             continue
         plan = FramePlan(code=i, key_bits=k, punctured=p, shortened=s)
-        rank = (code.m - p, _long_code_key(code, plan), _modulation(code, plan, hq))
+        rank = (code.m - p, _long_code_key(code, plan), _modulation(code, plan, qber))
         if best is None or rank < best[:3]:
             best = (*rank, plan)
     return None if best is None else best[3]
@@ -358,7 +373,7 @@ def _layout(code: LdpcCode, plan: FramePlan, public_seed: int, frame: int) -> _L
 
 def _retry_reveal(plan: FramePlan, qber: float, attempt: int) -> int:
     """Bits revealed before attempt 2, 3, …: a fraction of k·h(q), doubling."""
-    scale = _retry_fraction(plan.key_bits) * (1 << (attempt - 2))
+    scale = retry_fraction(qber, plan.key_bits) * (1 << (attempt - 2))
     return max(1, math.ceil(scale * plan.key_bits * binary_entropy(max(qber, MIN_QBER))))
 
 
@@ -660,10 +675,8 @@ class LdpcBob(_LdpcParty):
             cols,
             llr,
             target,
-            2 * self._max_iterations if last else self._max_iterations,
-            PHI_TABLE,
-            PHI_SCALE,
-            FINAL_STALL_ITERATIONS if last else STALL_ITERATIONS,
             messages,
+            max_iterations=2 * self._max_iterations if last else self._max_iterations,
+            stall=FINAL_STALL_ITERATIONS if last else STALL_ITERATIONS,
         )
         return word, bool(ok)
