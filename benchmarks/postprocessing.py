@@ -1,6 +1,7 @@
 """Post-processing benchmark (issue 11): reconciliation, verification and PA in one run.
 
     python benchmarks/postprocessing.py [--json] [--sizes 100000 1000000] [--qbers 0.01 0.02 0.05]
+        [--ldpc-keys 3]
 
 JSON: ``results`` holds one object per (method, n, qber) with ``method``,
 ``n``, ``qber``, ``f`` (λ_EC both ways / n·h(e)), ``fer``, ``round_trips``,
@@ -46,9 +47,12 @@ def main() -> None:
     parser.add_argument("--qbers", type=float, nargs="+", default=[0.01, 0.02, 0.05])
     parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[100_000])
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--ldpc-keys", type=int, default=3, help="LDPC keys per (n, qber)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = bench_reconciliation.collect(args.sizes, args.qbers, args.baseline_sizes, args.seed)
+    rows = bench_reconciliation.collect(
+        args.sizes, args.qbers, args.baseline_sizes, args.seed, args.ldpc_keys
+    )
     pa = bench_amplification.measure(1_000_000, 0.25, 5)
     ver = verification_rate(1_000_000)
     if args.json:
