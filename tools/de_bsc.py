@@ -365,7 +365,16 @@ def main() -> None:
         metavar="P",
         help="raise the rate of --start's λ (with ρ of mean check degree --dc) at BSC(P)",
     )
-    parser.add_argument("--start", type=float, default=0.9, help="PUBLISHED rate to start from")
+    parser.add_argument(
+        "--start", type=float, default=0.9, help="PUBLISHED or DESIGNED rate to start from"
+    )
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps (at most)")
+    parser.add_argument(
+        "--progress",
+        type=float,
+        default=0.002,
+        help="relative decrease of the message error the optimiser asks of every iteration",
+    )
     parser.add_argument("--dc", type=float, help="mean check degree (default: --start's ρ)")
     parser.add_argument(
         "--degrees",
@@ -389,13 +398,15 @@ def main() -> None:
             f_star = (1 - rate) / h2(p)
             print(f"rate {rate}: p* = {p:.5f} (published {stated}), f* = {f_star:.3f}", flush=True)
     if args.optimise:
-        from make_ldpc_codes import PUBLISHED  # noqa: PLC0415  (sibling script, numba import)
+        from make_ldpc_codes import DESIGNED, PUBLISHED  # noqa: PLC0415  (sibling script)
 
-        lam, rho, _ = PUBLISHED[args.start]
+        lam, rho, _ = {**PUBLISHED, **DESIGNED}[args.start]
         if args.dc:
             rho = concentrated_rho(args.dc)
         print(f"start: rate {design_rate(lam, rho):.5f}, ρ {rho}", flush=True)
-        best = optimise(grid, lam, rho, args.optimise, args.degrees)
+        best = optimise(
+            grid, lam, rho, args.optimise, args.degrees, steps=args.steps, progress=args.progress
+        )
         rate = design_rate(best, rho)
         p = threshold(grid, best, rho, lo=0.97 * args.optimise, hi=1.1 * args.optimise)
         print(

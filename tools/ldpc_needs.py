@@ -140,7 +140,13 @@ def main() -> None:
     if args.code:
         codes = tuple(c for c in codes if c.name == args.code)
     for q in args.qbers:
-        k = plan_frames(args.total, q, codes, default_efficiency(q))[0].key_bits
+        plan = plan_frames(args.total, q, codes, default_efficiency(q))[0]
+        k = plan.key_bits
+        print(
+            f"q={q}: frames on {codes[plan.code].name} (k={k}, punctured {plan.punctured}, "
+            f"shortened {plan.shortened}, f0 {default_efficiency(q):.3f})",
+            flush=True,
+        )
         rng = np.random.default_rng([args.seed, round(q * 1e4)])
         needs = []
         for i in range(args.frames):
