@@ -393,8 +393,9 @@ def _peg_depth2(
     ensembles have more degree-2 nodes than checks, and each further one
     goes to a check outside a breadth-first ball of up to m/2 checks around
     its first check in the degree-2 subgraph, so such cycles are long.
-    Returns the check adjacency, check degrees and the number of edges that
-    had to close a 4-cycle (0 in practice).
+    Nodes of degree 3 to :data:`DEEP_PEG_MAX_DEGREE` search the whole tree
+    instead (:func:`_peg_ball`). Returns the check adjacency, check degrees
+    and the number of edges that had to close a 4-cycle (0 in practice).
     """
     np.random.seed(seed)
     n = var_deg.size
