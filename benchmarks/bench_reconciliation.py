@@ -50,7 +50,6 @@ from qkdd.postprocessing.reconciliation.cascade import (
 from qkdd.postprocessing.reconciliation.ldpc import (
     LdpcAlice,
     LdpcBob,
-    default_efficiency,
     plan_frames,
     shipped_codes,
 )
@@ -242,7 +241,7 @@ def ldpc_fer(qber: float, frames: int, seed: int) -> dict[str, Any]:
     total_bits = 0
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    plan = plan_frames(10**6, qber, shipped_codes(), default_efficiency(qber))[0]
+    plan = plan_frames(10**6, qber, shipped_codes())[0]
     k = plan.key_bits
     for i in range(frames):
         alice, bob, e = _keys(k, qber, seed + 1000 + i)

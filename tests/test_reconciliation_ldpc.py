@@ -66,7 +66,7 @@ def test_shipped_codes_are_well_formed() -> None:
     assert len(codes) >= 5
     assert [c.rate for c in codes] == sorted(c.rate for c in codes)
     for code in codes:
-        assert 10_000 <= code.n <= 100_000
+        assert 10_000 <= code.n <= 250_000
         assert code.check_ptr.size == code.m + 1
         assert int(code.check_ptr[-1]) == code.check_vars.size
         assert int(code.check_vars.min()) >= 0 and int(code.check_vars.max()) < code.n
@@ -448,4 +448,42 @@ def test_short_keys_start_with_a_margin_and_still_reconcile() -> None:
     alice, bob = _pair(41, 20_000, 0.02)
     run = run_local(LdpcAlice(alice, 0.02, random_bytes=_seeded(41)), LdpcBob(bob))
     assert run.alice.failed_frames == 0
+    np.testing.assert_array_equal(run.bob.key, alice)
+
+
+def _stuck_frame() -> tuple[np.ndarray, np.ndarray, Callable[[int], bytes], LdpcCode]:
+    """Frame 2655 of ``bench_reconciliation.ldpc_fer(0.05, 3000, seed=99)`` at f₀ = 1.085.
+
+    Its decoding stalled at all three attempts with one unsatisfied check
+    (four wrong bits whose messages cancelled), and the frame was dropped.
+    """
+    rng = np.random.default_rng(99 + 1000 + 2655)
+    alice = rng.integers(0, 2, 90_910, dtype=np.uint8)
+    bob = alice ^ (rng.random(90_910) < 0.05).astype(np.uint8)
+    stream = np.random.default_rng(99)
+    for _ in range(2655):  # the bytes the earlier frames drew: seed, punctured bits
+        stream.bytes(8)
+        stream.bytes(229)
+    code = next(c for c in shipped_codes() if c.name == "peg_n98304_r069")
+    return alice, bob, stream.bytes, code
+
+
+def test_a_decode_stuck_in_a_trapping_set_is_rescued(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qkdd.postprocessing.reconciliation import decoder
+
+    alice, bob, random_bytes, code = _stuck_frame()
+    monkeypatch.setattr(decoder, "RESCUE_MAX_UNSATISFIED", 0)
+    a = LdpcAlice(alice, 0.05, efficiency=1.085, codes=(code,), random_bytes=random_bytes)
+    b = LdpcBob(bob, codes=(code,))
+    syndromes = a.start()
+    assert syndromes is not None
+    assert b.receive(syndromes).disclosed["decoded"].tolist() == [0]
+    ptr, cols, target, _ = b._states[0]
+    assert int(np.sum(syndrome(ptr, cols, b._words[0]) != target)) == 1
+
+    monkeypatch.undo()
+    alice, bob, random_bytes, code = _stuck_frame()
+    a = LdpcAlice(alice, 0.05, efficiency=1.085, codes=(code,), random_bytes=random_bytes)
+    run = run_local(a, LdpcBob(bob, codes=(code,)))
+    assert run.ledger.round_trips == 1
     np.testing.assert_array_equal(run.bob.key, alice)

@@ -140,11 +140,12 @@ def main() -> None:
     if args.code:
         codes = tuple(c for c in codes if c.name == args.code)
     for q in args.qbers:
-        plan = plan_frames(args.total, q, codes, default_efficiency(q))[0]
+        plan = plan_frames(args.total, q, codes)[0]
         k = plan.key_bits
+        f0 = default_efficiency(q, args.total, code_bits=codes[plan.code].n)
         print(
             f"q={q}: frames on {codes[plan.code].name} (k={k}, punctured {plan.punctured}, "
-            f"shortened {plan.shortened}, f0 {default_efficiency(q):.3f})",
+            f"shortened {plan.shortened}, f0 {f0:.3f})",
             flush=True,
         )
         rng = np.random.default_rng([args.seed, round(q * 1e4)])

@@ -59,6 +59,7 @@ from qkdd.postprocessing.reconciliation.decoder import (
     STALL_ITERATIONS,
     decode_from,
     fold_known,
+    rescue,
     syndrome,
 )
 
@@ -99,7 +100,13 @@ MIN_QBER = 0.002
 #: attempt reaches ≥ 4 sd above the mean need is about the mean itself.
 #: 3 % and 8 % (65 536-bit codes) keep the earlier calibration, 11 % too (need
 #: max 1.097). Linear interpolation in between.
-_F0_TABLE = ((0.01, 1.135), (0.02, 1.08), (0.03, 1.085), (0.05, 1.065), (0.08, 1.08), (0.11, 1.08))
+_F0_TABLE = ((0.01, 1.135), (0.02, 1.08), (0.03, 1.085), (0.05, 1.085), (0.08, 1.08), (0.11, 1.08))
+#: Mother codes at least this long are calibrated by :data:`_F0_LONG_TABLE`.
+LONG_CODE_BITS = 200_000
+#: f₀ for frames on the 204 800-bit codes (200 000 key bits as a 10^6-bit key
+#: is laid out; rates 0.9064 and 0.8405, the only ones shipped at that length,
+#: serve QBER ≲ 2.2 %). FILLED BELOW FROM MEASUREMENT.
+_F0_LONG_TABLE = ((0.01, 1.12), (0.02, 1.09))
 
 
 #: Keys shorter than this start with a margin on the table's f₀.
@@ -113,10 +120,19 @@ SMALL_KEY_MARGIN = 0.13
 SMALL_KEY_MARGIN_MAX = 0.3
 
 
-def default_efficiency(qber: float, key_bits: int | None = None) -> float:
-    """Starting f₀ for a QBER estimate (and key size), measured on the shipped codes."""
-    qs = [q for q, _ in _F0_TABLE]
-    fs = [f for _, f in _F0_TABLE]
+def default_efficiency(
+    qber: float, key_bits: int | None = None, *, code_bits: int | None = None
+) -> float:
+    """Starting f₀ for a QBER estimate (and key size), measured on the shipped codes.
+
+    ``code_bits``, the length of the mother code the frames use, picks the
+    calibration: frames on codes of :data:`LONG_CODE_BITS` or more need less
+    (their error counts fluctuate less, and their graphs are closer to the
+    ensemble), the rest take the table of the 98 304-bit codes.
+    """
+    table = _F0_LONG_TABLE if code_bits is not None and code_bits >= LONG_CODE_BITS else _F0_TABLE
+    qs = [q for q, _ in table]
+    fs = [f for _, f in table]
     f0 = float(np.interp(qber, qs, fs))
     if key_bits is not None and 0 < key_bits < _F0_FRAME_BITS:
         f0 += min(
@@ -208,9 +224,12 @@ class FramePlan:
 
 
 def plan_frames(
-    total_bits: int, qber: float, codes: Sequence[LdpcCode], efficiency: float
+    total_bits: int, qber: float, codes: Sequence[LdpcCode], efficiency: float | None = None
 ) -> list[FramePlan]:
     """Frames whose leakage m − p is ⌈f₀·k·h(q)⌉ each, on the code needing the least modulation.
+
+    ``efficiency`` fixes f₀ for every code; without it each code starts at
+    the f₀ measured for its length (:func:`default_efficiency`).
 
     A revealed punctured bit tells Bob one full bit he did not have, a revealed
     key bit only about h(q) of one, so each frame should keep its first
@@ -222,7 +241,10 @@ def plan_frames(
     worse than a lower-rate code near its own rate (measured: a rate-0.9 code
     shortened by 40 % failed 19 of 20 frames at QBER 2 % and f₀ = 1.12, the
     rate-0.85 code barely modulated 4 of 20 at f₀ = 1.08). Among frame counts
-    from the fewest feasible up to 50 % more (more frames: smaller k), the
+    from the fewest feasible up to three times as many (more frames: smaller
+    k; the fewest may be a long code shortened by a third, with a short code
+    near its own rate at twice the count: QBER 3 % on the 204 800-bit
+    codes), the
     plan leaking least beyond what f₀ asks wins, then the one on the longest
     codes modulated by at most LONG_CODE_MODULATION (:func:`_fit`), then the
     least cost (:func:`_modulation`: shortening, extra puncturing and a
@@ -234,34 +256,46 @@ def plan_frames(
     if total_bits <= 0:
         raise ReconciliationError("nothing to reconcile")
     hq = binary_entropy(max(qber, MIN_QBER))
-    best: tuple[int, int, float, int, list[FramePlan]] | None = None
+    best: tuple[int, int, float, int, list[tuple[FramePlan, int]]] | None = None
     first_feasible: int | None = None
     for frames in range(1, total_bits + 1):
-        if first_feasible is not None and frames > first_feasible * 3 // 2 + 1:
+        if first_feasible is not None and frames > first_feasible * 3 + 1:
             break
         base, extra = divmod(total_bits, frames)
         if base < MIN_FRAME_KEY_BITS and frames > 1:
             break
-        sizes = [base + 1] * extra + [base] * (frames - extra)
-        fitted = [_fit(k, qber, codes, efficiency) for k in sizes]
-        if any(p is None for p in fitted):
-            continue
-        plans = [p for p in fitted if p is not None]
-        if first_feasible is None:
-            first_feasible = frames
-        cost = sum(_modulation(codes[p.code], p, qber) for p in plans) / len(plans)
-        # Leak beyond what f₀ asks first (short frames leak m − p_max), then
-        # the code length (see _fit), then the modulation.
-        excess = sum(
-            codes[p.code].m - p.punctured - math.ceil(efficiency * p.key_bits * hq) for p in plans
-        )
-        longest = max(_long_code_key(codes[p.code], p) for p in plans)
-        score = (excess, longest, round(cost, 4), frames, plans)
-        if best is None or score[:4] < best[:4]:
-            best = score
+        # Frames come in at most two sizes, base + 1 and base: fit each once.
+        kinds: list[tuple[FramePlan, int]] = []
+        for k, count in ((base + 1, extra), (base, frames - extra)):
+            plan = _fit(k, qber, codes, efficiency, total_bits) if count else None
+            if plan is not None:
+                kinds.append((plan, count))
+            elif count:
+                break
+        else:
+            if first_feasible is None:
+                first_feasible = frames
+            cost = sum(_modulation(codes[p.code], p, qber) * c for p, c in kinds) / frames
+            # Leak beyond what f₀ asks first (short frames leak m − p_max), then
+            # the code length (see _fit), then the modulation.
+            excess = sum(
+                (
+                    codes[p.code].m
+                    - p.punctured
+                    - math.ceil(
+                        _start(codes[p.code], qber, efficiency, total_bits) * p.key_bits * hq
+                    )
+                )
+                * c
+                for p, c in kinds
+            )
+            longest = max(_long_code_key(codes[p.code], p) for p, _ in kinds)
+            score = (excess, longest, round(cost, 4), frames, kinds)
+            if best is None or score[:4] < best[:4]:
+                best = score
     if best is None:
         raise ReconciliationError(f"no shipped code reaches QBER {qber}")
-    return best[4]
+    return [plan for plan, count in best[4] for _ in range(count)]
 
 
 def retry_fraction(qber: float, k: int) -> float:
@@ -278,7 +312,12 @@ def retry_fraction(qber: float, k: int) -> float:
     qs = [q for q, _ in _RETRY_TABLE]
     steps = [s for _, s in _RETRY_TABLE]
     step = float(np.interp(qber, qs, steps))
-    return step * max(1.0, _RETRY_FRAME_BITS / max(k, 1))
+    if k > _RETRY_FRAME_BITS:
+        # Longer frames' needs spread less: sd 0.013 / 0.012 at 200 000 bits
+        # against 0.026 / 0.020 at 90 910 (QBER 1 / 2 %), faster than 1/√k;
+        # steps ∝ 1/√k keep a margin.
+        return step * math.sqrt(_RETRY_FRAME_BITS / k)
+    return step * _RETRY_FRAME_BITS / max(k, 1)
 
 
 def _reserve(k: int, qber: float) -> int:
@@ -322,7 +361,20 @@ def _long_code_key(code: LdpcCode, plan: FramePlan) -> int:
     return -code.n if modest else 0
 
 
-def _fit(k: int, qber: float, codes: Sequence[LdpcCode], efficiency: float) -> FramePlan | None:
+def _start(code: LdpcCode, qber: float, efficiency: float | None, total_bits: int) -> float:
+    """f₀ of a frame on ``code``: the one asked for, else the one measured for its length."""
+    if efficiency is not None:
+        return efficiency
+    return default_efficiency(qber, total_bits, code_bits=code.n)
+
+
+def _fit(
+    k: int,
+    qber: float,
+    codes: Sequence[LdpcCode],
+    efficiency: float | None,
+    total_bits: int,
+) -> FramePlan | None:
     """The frame layout leaking ⌈f₀·k·h(q)⌉ bits on the least-modulated code.
 
     A frame too short for any code to puncture that far leaks m − p_max
@@ -335,15 +387,16 @@ def _fit(k: int, qber: float, codes: Sequence[LdpcCode], efficiency: float) -> F
     codes needed 0.02–0.05 less f per frame than the 65 536-bit ones at
     1–5 %).
     """
-    leak = math.ceil(efficiency * k * binary_entropy(max(qber, MIN_QBER)))
+    hq = binary_entropy(max(qber, MIN_QBER))
     best: tuple[int, int, float, FramePlan] | None = None
     for i, code in enumerate(codes):
+        leak = math.ceil(_start(code, qber, efficiency, total_bits) * k * hq)
         p = min(code.m - leak, code.puncture_order.size)
         s = code.n - k - p
         if p < 0 or s < 0:
             continue
         plan = FramePlan(code=i, key_bits=k, punctured=p, shortened=s)
-        rank = (code.m - p, _long_code_key(code, plan), _modulation(code, plan, qber))
+        rank = (code.m - p - leak, _long_code_key(code, plan), _modulation(code, plan, qber))
         if best is None or rank < best[:3]:
             best = (*rank, plan)
     return None if best is None else best[3]
@@ -438,9 +491,8 @@ class LdpcAlice(_LdpcParty):
         super().__init__(Role.ALICE)
         self._key = np.ascontiguousarray(key, dtype=np.uint8)
         self._qber = float(qber)
-        self._eff = (
-            default_efficiency(qber, self._key.size) if efficiency is None else float(efficiency)
-        )
+        # None: each frame starts at the f₀ measured for its code's length.
+        self._eff = None if efficiency is None else float(efficiency)
         self._codes = tuple(codes) if codes is not None else shipped_codes()
         self._random_bytes = random_bytes
         self._plans: list[FramePlan] = []
@@ -683,4 +735,6 @@ class LdpcBob(_LdpcParty):
             max_iterations=2 * self._max_iterations if last else self._max_iterations,
             stall=FINAL_STALL_ITERATIONS if last else STALL_ITERATIONS,
         )
+        if not ok:
+            word, ok, _ = rescue(ptr, cols, llr, target, messages, hard=word)
         return word, bool(ok)
