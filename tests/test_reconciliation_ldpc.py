@@ -23,9 +23,11 @@ from qkdd.postprocessing.reconciliation.decoder import (
     PHI_OFFSET,
     PHI_SCALE,
     PHI_TABLE,
+    RESCUE_ITERATIONS,
     STALL_ITERATIONS,
     decode,
     decode_from,
+    rescue,
     syndrome,
 )
 from qkdd.postprocessing.reconciliation.ldpc import (
@@ -451,11 +453,14 @@ def test_short_keys_start_with_a_margin_and_still_reconcile() -> None:
     np.testing.assert_array_equal(run.bob.key, alice)
 
 
-def _stuck_frame() -> tuple[np.ndarray, np.ndarray, Callable[[int], bytes], LdpcCode]:
-    """Frame 2655 of ``bench_reconciliation.ldpc_fer(0.05, 3000, seed=99)`` at f₀ = 1.085.
+def _stuck_decoding() -> tuple[LdpcCode, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A real trapping set: frame 2655 of ``ldpc_fer(0.05, 3000, seed=99)`` at f₀ = 1.085.
 
-    Its decoding stalled at all three attempts with one unsatisfied check
-    (four wrong bits whose messages cancelled), and the frame was dropped.
+    Laid out as the planner then did (the rate-0.694 code, 90 910 key bits,
+    1831 punctured, 5563 shortened positions drawn by a permutation), its
+    decoding stalled at all three attempts with one unsatisfied check: four
+    wrong bits whose messages cancelled. The frame was dropped. Returns the
+    code, the folded graph and target Bob decodes, his LLRs and Alice's word.
     """
     rng = np.random.default_rng(99 + 1000 + 2655)
     alice = rng.integers(0, 2, 90_910, dtype=np.uint8)
@@ -464,26 +469,43 @@ def _stuck_frame() -> tuple[np.ndarray, np.ndarray, Callable[[int], bytes], Ldpc
     for _ in range(2655):  # the bytes the earlier frames drew: seed, punctured bits
         stream.bytes(8)
         stream.bytes(229)
+    seed = int.from_bytes(stream.bytes(8), "little")
     code = next(c for c in shipped_codes() if c.name == "peg_n98304_r069")
-    return alice, bob, stream.bytes, code
+    punctured = code.puncture_order[:1831]
+    free = np.ones(code.n, dtype=bool)
+    free[punctured] = False
+    rest = np.flatnonzero(free)
+    chosen = np.zeros(rest.size, dtype=bool)
+    chosen[np.random.default_rng([seed, 0]).permutation(rest.size)[:5563]] = True
+    shortened, key = rest[chosen], rest[~chosen]
+    word = np.zeros(code.n, dtype=np.uint8)
+    word[key] = alice
+    word[punctured] = np.unpackbits(np.frombuffer(stream.bytes(229), np.uint8), count=1831)
+    llr = np.zeros(code.n, dtype=np.float32)
+    llr[shortened] = KNOWN_LLR
+    llr[key] = np.where(bob == 0, 1.0, -1.0).astype(np.float32) * np.float32(math.log(0.95 / 0.05))
+    ptr, cols, target = code.without_known(
+        np.abs(llr) >= KNOWN_LLR, (llr < 0).astype(np.uint8), code.syndrome(word)
+    )
+    return code, ptr, cols, target, llr, word
 
 
-def test_a_decode_stuck_in_a_trapping_set_is_rescued(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qkdd.postprocessing.reconciliation import decoder
-
-    alice, bob, random_bytes, code = _stuck_frame()
-    monkeypatch.setattr(decoder, "RESCUE_MAX_UNSATISFIED", 0)
-    a = LdpcAlice(alice, 0.05, efficiency=1.085, codes=(code,), random_bytes=random_bytes)
-    b = LdpcBob(bob, codes=(code,))
-    syndromes = a.start()
-    assert syndromes is not None
-    assert b.receive(syndromes).disclosed["decoded"].tolist() == [0]
-    ptr, cols, target, _ = b._states[0]
-    assert int(np.sum(syndrome(ptr, cols, b._words[0]) != target)) == 1
-
-    monkeypatch.undo()
-    alice, bob, random_bytes, code = _stuck_frame()
-    a = LdpcAlice(alice, 0.05, efficiency=1.085, codes=(code,), random_bytes=random_bytes)
-    run = run_local(a, LdpcBob(bob, codes=(code,)))
-    assert run.ledger.round_trips == 1
-    np.testing.assert_array_equal(run.bob.key, alice)
+def test_a_decode_stuck_in_a_trapping_set_is_rescued() -> None:
+    _, ptr, cols, target, llr, word = _stuck_decoding()
+    messages = np.zeros(cols.size, dtype=np.float32)
+    hard, ok, _ = decode_from(ptr, cols, llr, target, messages)
+    assert not ok
+    assert int(np.sum(syndrome(ptr, cols, hard) != target)) == 1
+    before = messages.copy()
+    rescued, ok, iterations = rescue(ptr, cols, llr, target, messages, hard=hard)
+    assert ok and 0 < iterations <= 2 * RESCUE_ITERATIONS
+    np.testing.assert_array_equal(rescued, word)
+    # A decode with many unsatisfied checks is short of information, not trapped:
+    # no trial, and the messages are left for the retry.
+    far = np.zeros(cols.size, dtype=np.float32)
+    hard, ok, _ = decode_from(ptr, cols, np.zeros_like(llr), target, far, max_iterations=1)
+    assert not ok
+    kept = far.copy()
+    assert rescue(ptr, cols, np.zeros_like(llr), target, far, hard=hard)[1:] == (False, 0)
+    np.testing.assert_array_equal(far, kept)
+    assert not np.array_equal(messages, before)

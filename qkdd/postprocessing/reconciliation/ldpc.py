@@ -407,7 +407,17 @@ class _Layout:
     punctured: npt.NDArray[np.int64]
     shortened: npt.NDArray[np.int64]
     key: npt.NDArray[np.int64]
-    reveal_order: npt.NDArray[np.int64]  # punctured (last first), then key positions
+    public_seed: int
+    frame: int
+
+    @functools.cached_property
+    def reveal_order(self) -> npt.NDArray[np.int64]:
+        """Punctured positions (last first), then key positions in a public random order.
+
+        Drawn only for a frame that needs a retry (most never do).
+        """
+        rng = np.random.default_rng([self.public_seed, self.frame, 1])
+        return np.concatenate([self.punctured[::-1], rng.permutation(self.key)])
 
 
 def _layout(code: LdpcCode, plan: FramePlan, public_seed: int, frame: int) -> _Layout:
@@ -417,15 +427,16 @@ def _layout(code: LdpcCode, plan: FramePlan, public_seed: int, frame: int) -> _L
     free[punctured] = False
     rest = np.flatnonzero(free)
     rng = np.random.default_rng([public_seed, frame])
-    perm = rng.permutation(rest.size)
     # A mask keeps both parts in ascending order without sorting (two sorts of
-    # ~60 000 positions per frame and end were ~8 % of a reconciliation).
+    # ~60 000 positions per frame and end were ~8 % of a reconciliation), and
+    # only the shortened positions are drawn, not a permutation of them all.
     chosen = np.zeros(rest.size, dtype=bool)
-    chosen[perm[: plan.shortened]] = True
+    chosen[rng.choice(rest.size, size=plan.shortened, replace=False)] = True
     shortened = rest[chosen]
     key = rest[~chosen]
-    reveal = np.concatenate([punctured[::-1], rng.permutation(key)])
-    return _Layout(punctured=punctured, shortened=shortened, key=key, reveal_order=reveal)
+    return _Layout(
+        punctured=punctured, shortened=shortened, key=key, public_seed=public_seed, frame=frame
+    )
 
 
 def _retry_reveal(plan: FramePlan, qber: float, attempt: int) -> int:
