@@ -31,6 +31,7 @@ from qkdd.postprocessing.reconciliation.decoder import (
     syndrome,
 )
 from qkdd.postprocessing.reconciliation.ldpc import (
+    LONG_CODE_BITS,
     MAX_ATTEMPTS,
     LdpcAlice,
     LdpcBob,
@@ -509,3 +510,26 @@ def test_a_decode_stuck_in_a_trapping_set_is_rescued() -> None:
     assert rescue(ptr, cols, np.zeros_like(llr), target, far, hard=hard)[1:] == (False, 0)
     np.testing.assert_array_equal(far, kept)
     assert not np.array_equal(messages, before)
+
+
+@pytest.mark.parametrize("qber", [0.01, 0.02])
+def test_megabit_keys_at_low_qber_run_on_the_long_codes(qber: float) -> None:
+    # Frames of 200 000 key bits: their need spreads half as much as on the
+    # 98 304-bit codes, so f₀ and the retries sit closer to it.
+    codes = shipped_codes()
+    plans = plan_frames(1_000_000, qber, codes)
+    assert len(plans) == 5
+    f0 = default_efficiency(qber, code_bits=LONG_CODE_BITS)
+    for plan in plans:
+        code = codes[plan.code]
+        assert code.n >= LONG_CODE_BITS
+        assert plan.punctured + plan.shortened <= 0.1 * code.n
+        # each frame leaks what its own code's calibration asks
+        assert code.m - plan.punctured == math.ceil(f0 * plan.key_bits * binary_entropy(qber))
+    if qber == 0.02:
+        alice, bob = _pair(61, 1_000_000, qber)
+        run = run_local(LdpcAlice(alice, qber, random_bytes=_seeded(61)), LdpcBob(bob))
+        np.testing.assert_array_equal(run.bob.key, alice)
+        e = float(np.mean(alice ^ bob))
+        assert run.ledger.leaked_bits / (alice.size * binary_entropy(e)) < 1.12
+        assert run.ledger.round_trips <= MAX_ATTEMPTS
