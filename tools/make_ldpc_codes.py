@@ -180,9 +180,10 @@ DESIGNED: dict[float, tuple[dict[int, float], dict[int, float], float]] = {
     ),
     # The 0.8482 λ with checks of degree 38 (m = 0.1595·n): p* = 0.02203,
     # f* = 1.047 (de_bsc.threshold, delta 0.04, L 25). Built at n = 204 800,
-    # where a frame of 200 000 key bits at QBER 2 % keeps about 2100
-    # punctured positions at f₀ = 1.08, room for both retries (the 0.8482
-    # graph at that length kept 540, and retries ran out of them).
+    # where a frame of 200 000 key bits at QBER 2 % keeps about 1800
+    # punctured positions at the shipped f₀ = 1.09, room for both retries
+    # (the 0.8482 graph at that length kept 540 at f₀ = 1.08, and retries
+    # ran out of them).
     0.8405: (
         {2: 0.065, 3: 0.232256, 8: 0.185193, 9: 0.162483, 21: 0.078098, 25: 0.08925,
          30: 0.18772},

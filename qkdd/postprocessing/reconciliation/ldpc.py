@@ -265,7 +265,6 @@ def plan_frames(
     """
     if total_bits <= 0:
         raise ReconciliationError("nothing to reconcile")
-    hq = binary_entropy(max(qber, MIN_QBER))
     best: tuple[int, int, float, int, list[tuple[FramePlan, int]]] | None = None
     first_feasible: int | None = None
     for frames in range(1, total_bits + 1):
@@ -275,34 +274,22 @@ def plan_frames(
         if base < MIN_FRAME_KEY_BITS and frames > 1:
             break
         # Frames come in at most two sizes, base + 1 and base: fit each once.
-        kinds: list[tuple[FramePlan, int]] = []
-        for k, count in ((base + 1, extra), (base, frames - extra)):
-            plan = _fit(k, qber, codes, efficiency, total_bits) if count else None
-            if plan is not None:
-                kinds.append((plan, count))
-            elif count:
-                break
-        else:
-            if first_feasible is None:
-                first_feasible = frames
-            cost = sum(_modulation(codes[p.code], p, qber) * c for p, c in kinds) / frames
-            # Leak beyond what f₀ asks first (short frames leak m − p_max), then
-            # the code length (see _fit), then the modulation.
-            excess = sum(
-                (
-                    codes[p.code].m
-                    - p.punctured
-                    - math.ceil(
-                        _start(codes[p.code], qber, efficiency, total_bits) * p.key_bits * hq
-                    )
-                )
-                * c
-                for p, c in kinds
-            )
-            longest = max(_long_code_key(codes[p.code], p) for p, _ in kinds)
-            score = (excess, longest, round(cost, 4), frames, kinds)
-            if best is None or score[:4] < best[:4]:
-                best = score
+        sizes = [(k, count) for k, count in ((base + 1, extra), (base, frames - extra)) if count]
+        fits = [_fit(k, qber, codes, efficiency, total_bits) for k, _ in sizes]
+        fitted = [fit for fit in fits if fit is not None]
+        if len(fitted) < len(sizes):
+            continue
+        if first_feasible is None:
+            first_feasible = frames
+        kinds = [(plan, count) for (plan, _), (_, count) in zip(fitted, sizes, strict=True)]
+        cost = sum(_modulation(codes[p.code], p, qber) * c for p, c in kinds) / frames
+        # Leak beyond what f₀ asks first (short frames leak m − p_max), then
+        # the code length (see _fit), then the modulation.
+        excess = sum(over * count for (_, over), (_, count) in zip(fitted, sizes, strict=True))
+        longest = max(_long_code_key(codes[p.code], p) for p, _ in kinds)
+        score = (excess, longest, round(cost, 4), frames, kinds)
+        if best is None or score[:4] < best[:4]:
+            best = score
     if best is None:
         raise ReconciliationError(f"no shipped code reaches QBER {qber}")
     return [plan for plan, count in best[4] for _ in range(count)]
@@ -384,8 +371,11 @@ def _fit(
     codes: Sequence[LdpcCode],
     efficiency: float | None,
     total_bits: int,
-) -> FramePlan | None:
-    """The frame layout leaking ⌈f₀·k·h(q)⌉ bits on the least-modulated code.
+) -> tuple[FramePlan, int] | None:
+    """The frame layout leaking ⌈f₀·k·h(q)⌉ bits on the least-modulated code, and its excess.
+
+    The excess is what the frame leaks beyond what its f₀ asks (0 unless the
+    code cannot puncture that far).
 
     A frame too short for any code to puncture that far leaks m − p_max
     instead (more than asked, never less): small blocks pay a higher f, on
@@ -409,7 +399,7 @@ def _fit(
         rank = (code.m - p - leak, _long_code_key(code, plan), _modulation(code, plan, qber))
         if best is None or rank < best[:3]:
             best = (*rank, plan)
-    return None if best is None else best[3]
+    return None if best is None else (best[3], best[0])
 
 
 @dataclass(frozen=True, eq=False)
