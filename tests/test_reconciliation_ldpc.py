@@ -33,6 +33,7 @@ from qkdd.postprocessing.reconciliation.decoder import (
 from qkdd.postprocessing.reconciliation.ldpc import (
     LONG_CODE_BITS,
     MAX_ATTEMPTS,
+    MEGABIT_CODE_BITS,
     LdpcAlice,
     LdpcBob,
     LdpcCode,
@@ -69,7 +70,7 @@ def test_shipped_codes_are_well_formed() -> None:
     assert len(codes) >= 5
     assert [c.rate for c in codes] == sorted(c.rate for c in codes)
     for code in codes:
-        assert 10_000 <= code.n <= 250_000
+        assert 10_000 <= code.n <= 1_100_000
         assert code.check_ptr.size == code.m + 1
         assert int(code.check_ptr[-1]) == code.check_vars.size
         assert int(code.check_vars.min()) >= 0 and int(code.check_vars.max()) < code.n
@@ -95,6 +96,8 @@ def test_shipped_codes_have_their_stated_ensemble_and_rate() -> None:
         if not entry.name.endswith(".npz"):
             continue
         with resources.as_file(entry) as path, np.load(path) as z:
+            if "lift" in z.files:
+                continue  # a cover of its base: tests/test_ldpc_codebook.py
             n, m = int(z["n"]), int(z["m"])
             cols = z["check_vars"]
             assert abs((1 - m / n) - float(z["design_rate"])) < 1e-4
@@ -512,24 +515,37 @@ def test_a_decode_stuck_in_a_trapping_set_is_rescued() -> None:
     assert not np.array_equal(messages, before)
 
 
-@pytest.mark.parametrize("qber", [0.01, 0.02])
-def test_megabit_keys_at_low_qber_run_on_the_long_codes(qber: float) -> None:
-    # Frames of 200 000 key bits: their need spreads half as much as on the
-    # 98 304-bit codes, so f₀ and the retries sit closer to it.
+@pytest.mark.parametrize(
+    ("qber", "frames", "code_bits", "f_max"),
+    [(0.01, 1, MEGABIT_CODE_BITS, 1.14), (0.02, 5, LONG_CODE_BITS, 1.12)],
+)
+def test_megabit_keys_at_low_qber_run_on_the_long_codes(
+    qber: float, frames: int, code_bits: int, f_max: float
+) -> None:
+    # Longer frames' needs spread less and sit closer to the ensemble's threshold:
+    # at 1 % one frame on the lifted megabit code, at 2 % five on a 204 800-bit one.
     codes = shipped_codes()
     plans = plan_frames(1_000_000, qber, codes)
-    assert len(plans) == 5
-    f0 = default_efficiency(qber, code_bits=LONG_CODE_BITS)
+    assert len(plans) == frames
+    f0 = default_efficiency(qber, code_bits=code_bits)
     for plan in plans:
         code = codes[plan.code]
-        assert code.n >= LONG_CODE_BITS
+        assert code_bits <= code.n < 2 * code_bits
         assert plan.punctured + plan.shortened <= 0.1 * code.n
         # each frame leaks what its own code's calibration asks
         assert code.m - plan.punctured == math.ceil(f0 * plan.key_bits * binary_entropy(qber))
-    if qber == 0.02:
-        alice, bob = _pair(61, 1_000_000, qber)
-        run = run_local(LdpcAlice(alice, qber, random_bytes=_seeded(61)), LdpcBob(bob))
-        np.testing.assert_array_equal(run.bob.key, alice)
-        e = float(np.mean(alice ^ bob))
-        assert run.ledger.leaked_bits / (alice.size * binary_entropy(e)) < 1.12
-        assert run.ledger.round_trips <= MAX_ATTEMPTS
+    alice, bob = _pair(61, 1_000_000, qber)
+    run = run_local(LdpcAlice(alice, qber, random_bytes=_seeded(61)), LdpcBob(bob))
+    np.testing.assert_array_equal(run.bob.key, alice)
+    e = float(np.mean(alice ^ bob))
+    assert run.ledger.leaked_bits / (alice.size * binary_entropy(e)) < f_max
+    assert run.ledger.round_trips <= MAX_ATTEMPTS
+
+
+def test_a_large_shortened_code_does_not_cut_the_plan_search_short() -> None:
+    # At QBER 5 % a 10^7-bit key fits 33 frames on the megabit code shortened by
+    # 70 %; the planner still finds the 98 304-bit rate-0.694 code near its rate.
+    codes = shipped_codes()
+    plans = plan_frames(10_000_000, 0.05, codes)
+    assert {codes[p.code].name for p in plans} == {"peg_n98304_r069"}
+    assert all(p.shortened + p.punctured <= 0.1 * codes[p.code].n for p in plans)

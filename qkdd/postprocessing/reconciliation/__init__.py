@@ -4,7 +4,8 @@
   their key-dependent bits, per-party leakage ledgers (both directions), a
   local channel and driver for tests and benchmarks.
 - :mod:`.ldpc` — rate-adaptive one-way LDPC, the production reconciler
-  (≤ 3 round trips); codes are package data made by tools/make_ldpc_codes.py.
+  (≤ 3 round trips); codes are package data made by tools/make_ldpc_codes.py,
+  loaded by :mod:`.codebook` (graphs, and lifts of them, built on first use).
 - :mod:`.cascade` — vectorised interactive Cascade with BICONF.
 """
 

@@ -38,8 +38,6 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -53,15 +51,14 @@ from qkdd.postprocessing.reconciliation.base import (
     ReconciliationError,
     Role,
 )
+from qkdd.postprocessing.reconciliation.codebook import LdpcCode, shipped_codes
 from qkdd.postprocessing.reconciliation.decoder import (
     DEFAULT_MAX_ITERATIONS,
     FINAL_STALL_ITERATIONS,
     KNOWN_LLR,
     STALL_ITERATIONS,
     decode_from,
-    fold_known,
     rescue,
-    syndrome,
 )
 
 MAX_ATTEMPTS = 3
@@ -118,6 +115,22 @@ LONG_CODE_BITS = 200_000
 #: decodes in fewer iterations). With the retry steps below, 0 of 3000
 #: frames failed at each (bench_reconciliation.ldpc_fer, seed 99).
 _F0_LONG_TABLE = ((0.01, 1.125), (0.02, 1.09))
+#: Mother codes at least this long are calibrated by :data:`_F0_MEGABIT_TABLE`.
+MEGABIT_CODE_BITS = 1_000_000
+#: f₀ for frames on the megabit code (the 204 800-bit rate-0.9064 graph
+#: lifted by 5, n = 1 024 000; a key of 10^6 bits at QBER ≲ 1.2 % is one
+#: frame). Its need (at most 60 iterations) has mean 1.112, sd 0.007, max 1.130
+#: at 1 % (12 frames, tools/ldpc_needs.py); unlimited iterations would take
+#: it to about 1.098, but a first attempt there runs 200 iterations. Chosen on
+#: 6 keys of 10^6 bits: f₀ = 1.11 gave f 1.115 at 0.66 Mbit/s per core,
+#: 1.115 gave 1.118 at 1.05, 1.12 gave 1.122 at 1.20.
+_F0_MEGABIT_TABLE = ((0.01, 1.12),)
+#: Calibration tables by the shortest mother code they hold for (longest first).
+_F0_BY_CODE_BITS = (
+    (MEGABIT_CODE_BITS, _F0_MEGABIT_TABLE),
+    (LONG_CODE_BITS, _F0_LONG_TABLE),
+    (0, _F0_TABLE),
+)
 
 
 #: Keys shorter than this start with a margin on the table's f₀.
@@ -137,11 +150,11 @@ def default_efficiency(
     """Starting f₀ for a QBER estimate (and key size), measured on the shipped codes.
 
     ``code_bits``, the length of the mother code the frames use, picks the
-    calibration: frames on codes of :data:`LONG_CODE_BITS` or more need less
+    calibration (:data:`_F0_BY_CODE_BITS`): frames on longer codes need less
     (their error counts fluctuate less, and their graphs are closer to the
-    ensemble), the rest take the table of the 98 304-bit codes.
+    ensemble); without it, the table of the 98 304-bit codes.
     """
-    table = _F0_LONG_TABLE if code_bits is not None and code_bits >= LONG_CODE_BITS else _F0_TABLE
+    table = next(t for bits, t in _F0_BY_CODE_BITS if (code_bits or 0) >= bits)
     qs = [q for q, _ in table]
     fs = [f for _, f in table]
     f0 = float(np.interp(qber, qs, fs))
@@ -152,78 +165,6 @@ def default_efficiency(
     return f0
 
 
-@dataclass(frozen=True, eq=False)
-class LdpcCode:
-    """A mother code: parity-check matrix in CSR form (rows = checks) and its puncturing order."""
-
-    name: str
-    n: int
-    m: int
-    check_ptr: npt.NDArray[np.int32]
-    check_vars: npt.NDArray[np.int32]
-    puncture_order: npt.NDArray[np.int32]
-    design_qber: float
-
-    @property
-    def rate(self) -> float:
-        return 1.0 - self.m / self.n
-
-    def syndrome(self, word: Bits) -> Bits:
-        return syndrome(self.check_ptr, self.check_vars, word)
-
-    @functools.cached_property
-    def edge_checks(self) -> npt.NDArray[np.int64]:
-        """Check index of every edge (row of each CSR entry)."""
-        return np.repeat(np.arange(self.m, dtype=np.int64), np.diff(self.check_ptr))
-
-    def without_known(
-        self, known: npt.NDArray[np.bool_], values: Bits, target: Bits
-    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], Bits]:
-        """The graph with known (shortened or revealed) columns folded into the syndrome.
-
-        A known bit only shifts its checks' parity, so decoding the smaller
-        graph against target ⊕ H_known·values is the same problem with fewer
-        edges to update.
-        """
-        return fold_known(
-            self.check_ptr,
-            self.check_vars,
-            np.ascontiguousarray(known, dtype=np.bool_),
-            np.ascontiguousarray(values, dtype=np.uint8),
-            np.ascontiguousarray(target, dtype=np.uint8),
-        )
-
-    def __repr__(self) -> str:
-        return f"LdpcCode({self.name}, n={self.n}, m={self.m}, rate={self.rate:.3f})"
-
-
-def load_code(path: Path) -> LdpcCode:
-    with np.load(path) as z:
-        return LdpcCode(
-            name=path.stem,
-            n=int(z["n"]),
-            m=int(z["m"]),
-            check_ptr=np.ascontiguousarray(z["check_ptr"], dtype=np.int32),
-            check_vars=np.ascontiguousarray(z["check_vars"], dtype=np.int32),
-            puncture_order=np.ascontiguousarray(z["puncture_order"], dtype=np.int32),
-            design_qber=float(z["design_qber"]),
-        )
-
-
-@functools.cache
-def shipped_codes() -> tuple[LdpcCode, ...]:
-    """The mother codes shipped as package data, by increasing rate."""
-    root = resources.files("qkdd.postprocessing.reconciliation") / "codes"
-    codes = []
-    for entry in root.iterdir():
-        if entry.name.endswith(".npz"):
-            with resources.as_file(entry) as path:
-                codes.append(load_code(Path(path)))
-    if not codes:
-        raise ReconciliationError("no LDPC codes shipped (run tools/make_ldpc_codes.py)")
-    return tuple(sorted(codes, key=lambda c: c.rate))
-
-
 @dataclass(frozen=True)
 class FramePlan:
     """Public layout of one frame: which code, how many key, punctured, shortened bits."""
@@ -232,6 +173,13 @@ class FramePlan:
     key_bits: int
     punctured: int
     shortened: int
+
+
+#: Without a modest layout, the planner looks this many times the fewest
+#: feasible frame count far for one (at QBER 5 % a 10^7-bit key fits 33 frames
+#: on the megabit code shortened by 70 %, and 107 on a 98 304-bit code near its
+#: own rate).
+_SEARCH_WITHOUT_MODEST = 20
 
 
 def plan_frames(
@@ -266,9 +214,16 @@ def plan_frames(
     if total_bits <= 0:
         raise ReconciliationError("nothing to reconcile")
     best: tuple[int, int, float, int, list[tuple[FramePlan, int]]] | None = None
+    # The search runs to three times the fewest frames with a modest layout
+    # (see _long_code_key) — or, while none is modest, with any layout: a long
+    # code shortened to a fraction of itself is feasible with few frames, and
+    # must not end the search before the well-fitting codes' frame counts.
     first_feasible: int | None = None
+    first_modest: int | None = None
     for frames in range(1, total_bits + 1):
-        if first_feasible is not None and frames > first_feasible * 3 + 1:
+        if first_modest is not None and frames > 3 * first_modest + 1:
+            break
+        if first_feasible is not None and frames > _SEARCH_WITHOUT_MODEST * first_feasible:
             break
         base, extra = divmod(total_bits, frames)
         if base < MIN_FRAME_KEY_BITS and frames > 1:
@@ -287,6 +242,8 @@ def plan_frames(
         # the code length (see _fit), then the modulation.
         excess = sum(over * count for (_, over), (_, count) in zip(fitted, sizes, strict=True))
         longest = max(_long_code_key(codes[p.code], p) for p, _ in kinds)
+        if first_modest is None and longest < 0:
+            first_modest = frames
         score = (excess, longest, round(cost, 4), frames, kinds)
         if best is None or score[:4] < best[:4]:
             best = score
@@ -391,7 +348,7 @@ def _fit(
     best: tuple[int, int, float, FramePlan] | None = None
     for i, code in enumerate(codes):
         leak = math.ceil(_start(code, qber, efficiency, total_bits) * k * hq)
-        p = min(code.m - leak, code.puncture_order.size)
+        p = min(code.m - leak, code.puncturable)
         s = code.n - k - p
         if p < 0 or s < 0:
             continue
