@@ -33,6 +33,14 @@
 #define DECODER_CLONES
 #endif
 
+/* Posteriors of graphs with more variables than this (4 bytes each) outgrow a
+ * core's L2 cache (1 MB on the Zen 4 development machine): the sweep then
+ * prefetches the posteriors of the check PREFETCH_AHEAD checks ahead. On the
+ * megabit code this made decoding 7-9 % faster; on the 98 304-bit codes, whose
+ * posteriors stay in L2, the prefetches cost 4-11 %, hence the threshold. */
+#define PREFETCH_MIN_VARIABLES 262144
+#define PREFETCH_AHEAD 2
+
 static inline int32_t
 float_bits(float x)
 {
@@ -80,7 +88,7 @@ DECODER_CLONES static int64_t
 sweep(const int32_t *restrict check_ptr, const int32_t *restrict check_vars, int64_t checks,
       const uint8_t *restrict target, const float *restrict table, int32_t last, int shift,
       int32_t offset, float settled, float *restrict all_messages, float *restrict posterior,
-      float *restrict incoming, float *restrict phis, float *restrict updated)
+      float *restrict incoming, float *restrict phis, float *restrict updated, int prefetch)
 {
     int64_t unsatisfied = 0;
     for (int64_t c = 0; c < checks; c++) {
@@ -92,6 +100,13 @@ sweep(const int32_t *restrict check_ptr, const int32_t *restrict check_vars, int
         int32_t held = target[c];
         float least = FLT_MAX;
         float total = 0.0f;
+        if (prefetch && c + PREFETCH_AHEAD < checks) {
+            const int32_t *restrict ahead = check_vars + check_ptr[c + PREFETCH_AHEAD];
+            const int32_t ahead_degree =
+                check_ptr[c + PREFETCH_AHEAD + 1] - check_ptr[c + PREFETCH_AHEAD];
+            for (int32_t k = 0; k < ahead_degree; k++)
+                __builtin_prefetch(posterior + ahead[k], 1, 3);
+        }
         for (int32_t k = 0; k < degree; k++) {
             const float before = posterior[vars[k]];
             held ^= before < 0.0f;
@@ -155,7 +170,7 @@ run(const Decoding *d, int *ok)
         const int64_t unsatisfied =
             sweep(d->check_ptr, d->check_vars, d->checks, d->target, d->table, d->table_last,
                   d->shift, d->offset, d->settled, d->messages, d->posterior, d->incoming,
-                  d->phis, d->updated);
+                  d->phis, d->updated, d->variables > PREFETCH_MIN_VARIABLES);
         if (unsatisfied) {
             if (unsatisfied < fewest) {
                 fewest = unsatisfied;

@@ -106,25 +106,25 @@ _F0_TABLE = ((0.01, 1.135), (0.02, 1.08), (0.03, 1.085), (0.05, 1.085), (0.08, 1
 #: Mother codes at least this long are calibrated by :data:`_F0_LONG_TABLE`.
 LONG_CODE_BITS = 200_000
 #: f₀ for frames on the 204 800-bit codes (200 000 key bits as a 10^6-bit key
-#: is laid out; rates 0.9064 and 0.8405, the only ones shipped at that length,
-#: serve QBER ≲ 2.2 %). Their need has mean 1.116 / 1.081 and sd 0.017 / 0.012
-#: at 1 / 2 % (40 frames each). Chosen on 6 keys of 10^6 bits for f and speed
-#: together (benchmarks/bench_reconciliation.py): at 2 % f₀ = 1.085 gave
-#: f 1.090 at 1.01 Mbit/s per core and 1.09 gave 1.095 at 1.11; at 1 % 1.12
-#: and 1.125 both gave f 1.134, at 1.16 and 1.40 Mbit/s (the first attempt
-#: decodes in fewer iterations). With the retry steps below, 0 of 3000
-#: frames failed at each (bench_reconciliation.ldpc_fer, seed 99).
-_F0_LONG_TABLE = ((0.01, 1.125), (0.02, 1.09))
+#: at 2 % is laid out; rates 0.9078 and 0.8405, the only ones shipped at that
+#: length, serve QBER ≲ 2.2 %). Their need has mean 1.083 / 1.081 and sd
+#: 0.020 / 0.012 at 1 / 2 % (20 and 40 frames). Chosen on 6 keys of 10^6 bits
+#: laid out on them for f and speed together (benchmarks/bench_reconciliation.py):
+#: at 2 % f₀ = 1.085 gave f 1.090 at 1.01 Mbit/s per core and 1.09 gave 1.095
+#: at 1.11 (0 of 3000 frames failed, bench_reconciliation.ldpc_fer, seed 99);
+#: at 1 % 1.085 gave 1.097 at 0.94 and 1.095 gave 1.103 at 1.20 (10^6-bit keys
+#: at 1 % run on the megabit code instead).
+_F0_LONG_TABLE = ((0.01, 1.095), (0.02, 1.09))
 #: Mother codes at least this long are calibrated by :data:`_F0_MEGABIT_TABLE`.
 MEGABIT_CODE_BITS = 1_000_000
-#: f₀ for frames on the megabit code (the 204 800-bit rate-0.9064 graph
+#: f₀ for frames on the megabit code (the 204 800-bit rate-0.9078 graph
 #: lifted by 5, n = 1 024 000; a key of 10^6 bits at QBER ≲ 1.2 % is one
-#: frame). Its need (at most 60 iterations) has mean 1.112, sd 0.007, max 1.130
-#: at 1 % (12 frames, tools/ldpc_needs.py); unlimited iterations would take
-#: it to about 1.098, but a first attempt there runs 200 iterations. Chosen on
-#: 6 keys of 10^6 bits: f₀ = 1.11 gave f 1.115 at 0.66 Mbit/s per core,
-#: 1.115 gave 1.118 at 1.05, 1.12 gave 1.122 at 1.20.
-_F0_MEGABIT_TABLE = ((0.01, 1.12),)
+#: frame). Its need (at most 60 iterations) has mean 1.081, sd 0.006, max
+#: 1.095 at 1 % (8 frames, tools/ldpc_needs.py; the rate-0.9064 graph lifted
+#: so needed 1.112, sd 0.007). Chosen on 6 keys of 10^6 bits: f₀ = 1.09 gave
+#: f 1.092 at 1.02 Mbit/s per core, 1.095 gave 1.097 at 1.14 (the first
+#: attempt decodes in ~36 iterations instead of ~41).
+_F0_MEGABIT_TABLE = ((0.01, 1.095),)
 #: Calibration tables by the shortest mother code they hold for (longest first).
 _F0_BY_CODE_BITS = (
     (MEGABIT_CODE_BITS, _F0_MEGABIT_TABLE),
