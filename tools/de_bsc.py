@@ -59,6 +59,18 @@ R = 0.9051, p* = 0.0105, f* = 1.129 (degree 69: R = 0.9092, p* = 0.0099,
 f* = 1.133), and the rate-0.75 λ with degree 21
 R = 0.6984, p* = 0.0495, f* = 1.060 (tools/make_ldpc_codes.py DESIGNED).
 
+Update (2026-12-07): what held the rate-0.9 ensembles near f* = 1.078 was
+the check degree. Gallager's bound for checks of degree d_c,
+R ≤ 1 − h(p)/h((1 − (1 − 2p)^d_c)/2), gives f ≥ 1.051 at d_c = 62 and
+p = 0.0108 for any decoder, 1.024 at d_c = 76 and p = 0.0112. A λ that
+converges with denser checks has to carry more high-degree nodes, and the
+optimiser cannot walk there from the 0.9064 λ at fixed ρ (it stops after a
+step or two). Mixing that λ with a share t of degree 40 until density
+evolution converges at P (t = 0.25 at P = 0.0112, d_c = 76), then
+optimising with degrees up to 80 and up to 2 degree-2 nodes per check, gave
+R = 0.90783, p* = 0.01121, f* = 1.039 in three steps (DESIGNED[0.9078]; on
+the finer grid delta = 0.03, L = 30: p* = 0.01122, f* = 1.038).
+
 Update (2026-11-23, fourth session): with ``--progress 0.01`` the optimiser
 gains far more (f* 1.129 → 1.071 at rate 0.9128 in five minutes), mostly by
 adding degree-2 nodes, and those make short cycles of degree-2 nodes, i.e.

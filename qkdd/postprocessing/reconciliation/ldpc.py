@@ -111,9 +111,9 @@ LONG_CODE_BITS = 200_000
 #: 0.020 / 0.012 at 1 / 2 % (20 and 40 frames). Chosen on 6 keys of 10^6 bits
 #: laid out on them for f and speed together (benchmarks/bench_reconciliation.py):
 #: at 2 % f₀ = 1.085 gave f 1.090 at 1.01 Mbit/s per core and 1.09 gave 1.095
-#: at 1.11 (0 of 3000 frames failed, bench_reconciliation.ldpc_fer, seed 99);
-#: at 1 % 1.085 gave 1.097 at 0.94 and 1.095 gave 1.103 at 1.20 (10^6-bit keys
-#: at 1 % run on the megabit code instead).
+#: at 1.11 (0 of 6000 frames failed, bench_reconciliation.ldpc_fer, seeds 99
+#: and 7); at 1 % 1.085 gave 1.097 at 0.94 and 1.095 gave 1.103 at 1.20
+#: (10^6-bit keys at 1 % run on the megabit code instead).
 _F0_LONG_TABLE = ((0.01, 1.095), (0.02, 1.09))
 #: Mother codes at least this long are calibrated by :data:`_F0_MEGABIT_TABLE`.
 MEGABIT_CODE_BITS = 1_000_000
