@@ -114,6 +114,8 @@ RESCUE_MAX_UNSATISFIED = 4
 #: 1472); 16 freed it at the first attempt. Trials only run for decodes left
 #: with ≤ RESCUE_MAX_UNSATISFIED checks, which are rare.
 RESCUE_FLIPS_PER_CHECK = 16
+#: The first round of trials: this many of every unsatisfied check.
+RESCUE_FIRST_FLIPS = 4
 #: Iterations each of :func:`rescue`'s trials may continue the decoding.
 RESCUE_ITERATIONS = 30
 
@@ -229,11 +231,16 @@ def rescue(
     posterior = llr + np.bincount(check_vars, weights=messages, minlength=llr.size).astype(
         np.float32
     )
-    flips: dict[int, None] = {}
+    weakest: list[npt.NDArray[np.int32]] = []
     for c in unsatisfied:
         members = check_vars[check_ptr[c] : check_ptr[c + 1]]
-        weakest = members[np.argsort(np.abs(posterior[members]), kind="stable")]
-        flips.update(dict.fromkeys(int(v) for v in weakest[:RESCUE_FLIPS_PER_CHECK]))
+        weakest.append(members[np.argsort(np.abs(posterior[members]), kind="stable")])
+    # The RESCUE_FIRST_FLIPS weakest of every check first, then the rest (so a
+    # rescue that the first ones achieve picks the same trial as it always has).
+    flips: dict[int, None] = {}
+    for lo, hi in ((0, RESCUE_FIRST_FLIPS), (RESCUE_FIRST_FLIPS, RESCUE_FLIPS_PER_CHECK)):
+        for order in weakest:
+            flips.update(dict.fromkeys(int(v) for v in order[lo:hi]))
     spent = 0
     for v in flips:
         pinned = llr.copy()
